@@ -1,0 +1,51 @@
+# Understanding LoRA — the two commands a reader needs are `make book` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PY := .venv/bin/python
+JB := .venv/bin/jupyter-book
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export TOKENIZERS_PARALLELISM := false
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: setup book test pytest nbval build-check notebooks lock clean help
+
+help:
+	@echo "make book       set up, then build the site into _build/html"
+	@echo "make test       set up, then run pytest, nbval on every notebook, and the warnings-as-errors build"
+	@echo "make notebooks  re-execute the notebooks in place (regenerates stored outputs)"
+	@echo "make lock       re-resolve requirements/requirements.in into requirements/lock.txt"
+
+setup:
+	@bash scripts/setup.sh
+
+book: setup
+	$(JB) build . --path-output . --all
+
+test: setup pytest nbval build-check
+
+pytest:
+	$(PY) -m pytest -q tests
+
+nbval:
+	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg $(NOTEBOOKS)
+
+build-check:
+	rm -rf _build/html _build/.doctrees
+	$(JB) build . --path-output . --all -W -n --keep-going
+
+notebooks: setup
+	$(PY) scripts/execute_notebooks.py $(if $(NB),$(NB),$(NOTEBOOKS))
+
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/pip install -q $$(grep -E '^torch==' requirements/lock.txt)
+	.lock-venv/bin/pip install -q -r requirements/requirements.in setuptools wheel
+	{ head -2 requirements/lock.txt; .lock-venv/bin/pip freeze --all --exclude-editable \
+	  | grep -vE '^(pip)==' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > requirements/lock.new
+	mv requirements/lock.new requirements/lock.txt && rm -rf .lock-venv
+
+clean:
+	rm -rf _build

@@ -1,0 +1,206 @@
+"""Put LoRA into an existing model: find target layers by name, wrap, freeze, count, merge.
+
+The functions here work on any ``nn.Module``. Layers are chosen by their qualified
+names (``model.named_modules()``), matched in one of three ways:
+
+* ``"suffix"`` (default): ``"q_proj"`` matches ``"encoder.layer.0.attn.q_proj"``;
+* ``"exact"``: the whole qualified name must be equal;
+* ``"regex"``: ``re.fullmatch`` of the pattern against the qualified name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal
+
+from torch import nn
+
+from .layer import InitA, LoRALinear
+
+__all__ = [
+    "ParameterCount",
+    "count_parameters",
+    "inject_lora",
+    "lora_layers",
+    "merge_lora",
+    "unmerge_lora",
+    "unload_lora",
+]
+
+MatchMode = Literal["suffix", "exact", "regex"]
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Trainable and total parameter counts of a model."""
+
+    trainable: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.fraction:.4g}%)"
+
+
+def count_parameters(model: nn.Module) -> ParameterCount:
+    """Count trainable (``requires_grad``) and total parameters, each tensor once.
+
+    Example:
+        >>> str(count_parameters(nn.Linear(3, 2)))
+        'trainable 8 of 8 parameters (100%)'
+    """
+    params = {id(p): p for p in model.parameters()}.values()
+    return ParameterCount(
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        total=sum(p.numel() for p in params),
+    )
+
+
+def _matches(name: str, target: str, match: MatchMode) -> bool:
+    if match == "exact":
+        return name == target
+    if match == "suffix":
+        return name == target or name.endswith("." + target)
+    return re.fullmatch(target, name) is not None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """Yield ``(qualified_name, layer)`` for every :class:`LoRALinear` in ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            yield name, module
+
+
+def inject_lora(
+    model: nn.Module,
+    targets: str | Iterable[str],
+    r: int,
+    alpha: float = 1.0,
+    *,
+    match: MatchMode = "suffix",
+    dropout: float = 0.0,
+    init_A: InitA = "kaiming",
+    rslora: bool = False,
+) -> list[str]:
+    """Wrap the targeted ``nn.Linear`` layers of ``model`` in :class:`LoRALinear`, in place.
+
+    Every parameter of the model is frozen first, so afterwards only the new ``A``
+    and ``B`` factors train. All targets are validated before anything changes: on
+    an error the model is left exactly as it was.
+
+    Args:
+        model: any module.
+        targets: one name or several; how they match is set by ``match``.
+        r, alpha, dropout, init_A, rslora: passed to :class:`LoRALinear`.
+        match: ``"suffix"``, ``"exact"`` or ``"regex"`` (see the module docstring).
+
+    Returns:
+        The qualified names of the wrapped layers, in model order.
+
+    Raises:
+        ValueError: a target matches no module, or ``match`` is unknown, or the
+            hyperparameters are invalid for some layer.
+        TypeError: a matched module is not an ``nn.Linear``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> inject_lora(model, ["0", "2"], r=1, match="exact")
+        ['0', '2']
+        >>> str(count_parameters(model))
+        'trainable 14 of 44 parameters (31.82%)'
+    """
+    if match not in ("suffix", "exact", "regex"):
+        raise ValueError(f"match={match!r} is unknown: use 'suffix', 'exact' or 'regex'")
+    target_list = [targets] if isinstance(targets, str) else list(targets)
+    if not target_list:
+        raise ValueError("no targets given: pass layer names such as ['q_proj', 'v_proj']")
+
+    modules = [(name, module) for name, module in model.named_modules() if name]
+    chosen: dict[str, nn.Module] = {}
+    for target in target_list:
+        hits = [(name, module) for name, module in modules if _matches(name, target, match)]
+        if not hits:
+            linear_names = [name for name, module in modules if isinstance(module, nn.Linear)]
+            shown = ", ".join(linear_names[:12]) + (" …" if len(linear_names) > 12 else "")
+            raise ValueError(
+                f"target {target!r} (match={match!r}) matches no module of the model; "
+                f"its Linear layers are: {shown or 'none'}"
+            )
+        chosen.update(hits)
+
+    for name, module in chosen.items():
+        if isinstance(module, LoRALinear):
+            raise ValueError(f"module {name!r} already carries LoRA; merge or unload it before injecting again")
+        if not isinstance(module, nn.Linear):
+            raise TypeError(
+                f"target matched {name!r}, a {type(module).__name__}, but LoRA here wraps nn.Linear only; "
+                "name the Linear layers inside it instead"
+            )
+
+    # Build every wrapper before touching the model, so a bad hyperparameter changes nothing.
+    wrappers = {
+        name: LoRALinear(module, r, alpha, dropout=dropout, init_A=init_A, rslora=rslora)
+        for name, module in chosen.items()
+    }
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, wrapper in wrappers.items():
+        _set_submodule(model, name, wrapper)
+    for wrapper in wrappers.values():
+        wrapper.A.requires_grad_(True)
+        wrapper.B.requires_grad_(True)
+    return list(wrappers)
+
+
+def _require_lora(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    layers = list(lora_layers(model))
+    if not layers:
+        raise ValueError("the model has no LoRA layers; call inject_lora(model, targets, r) first")
+    return layers
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Merge every LoRA layer that is not merged yet; return how many were merged.
+
+    Safe to call twice (the second call merges nothing). If any layer's merge
+    would produce NaN/Inf, nothing is merged and ``ValueError`` names the layer.
+    """
+    pending = [(name, layer) for name, layer in _require_lora(model) if not layer.merged]
+    for name, layer in pending:
+        try:
+            layer.merged_weight()  # validate every layer before changing any
+        except ValueError as error:
+            raise ValueError(f"layer {name!r}: {error}; no layer of the model was merged") from None
+    for _, layer in pending:
+        layer.merge()
+    return len(pending)
+
+
+def unmerge_lora(model: nn.Module) -> int:
+    """Unmerge every merged LoRA layer; return how many were unmerged."""
+    merged = [layer for _, layer in _require_lora(model) if layer.merged]
+    for layer in merged:
+        layer.unmerge()
+    return len(merged)
+
+
+def unload_lora(model: nn.Module) -> nn.Module:
+    """Merge every LoRA layer and replace it by its plain ``nn.Linear``; return ``model``.
+
+    The result has no trace of LoRA: same module types as before injection, the
+    adapted weights baked in. Parameters keep ``requires_grad=False``.
+    """
+    merge_lora(model)
+    for name, layer in list(lora_layers(model)):
+        _set_submodule(model, name, layer.base)
+    return model
