@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Literal
 
 from torch import nn
 
-from .layer import InitA, LoRALinear
+from .layer import InitA, LoRALinear, check_hyperparameters
 
 __all__ = [
     "ParameterCount",
@@ -126,17 +126,17 @@ def inject_lora(
         raise ValueError("no targets given: pass layer names such as ['q_proj', 'v_proj']")
 
     modules = [(name, module) for name, module in model.named_modules() if name]
-    chosen: dict[str, nn.Module] = {}
     for target in target_list:
-        hits = [(name, module) for name, module in modules if _matches(name, target, match)]
-        if not hits:
+        if not any(_matches(name, target, match) for name, _ in modules):
             linear_names = [name for name, module in modules if isinstance(module, nn.Linear)]
             shown = ", ".join(linear_names[:12]) + (" …" if len(linear_names) > 12 else "")
             raise ValueError(
                 f"target {target!r} (match={match!r}) matches no module of the model; "
                 f"its Linear layers are: {shown or 'none'}"
             )
-        chosen.update(hits)
+    chosen = {
+        name: module for name, module in modules if any(_matches(name, target, match) for target in target_list)
+    }
 
     for name, module in chosen.items():
         if isinstance(module, LoRALinear):
@@ -146,8 +146,12 @@ def inject_lora(
                 f"target matched {name!r}, a {type(module).__name__}, but LoRA here wraps nn.Linear only; "
                 "name the Linear layers inside it instead"
             )
+        try:
+            check_hyperparameters(r, alpha, dropout, module.in_features, module.out_features)
+        except ValueError as error:
+            raise ValueError(f"layer {name!r}: {error}") from None
 
-    # Build every wrapper before touching the model, so a bad hyperparameter changes nothing.
+    # Everything is validated: from here on nothing can fail halfway.
     wrappers = {
         name: LoRALinear(module, r, alpha, dropout=dropout, init_A=init_A, rslora=rslora)
         for name, module in chosen.items()

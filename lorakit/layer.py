@@ -20,12 +20,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LoRALinear"]
+__all__ = ["LoRALinear", "check_hyperparameters"]
 
 InitA = Literal["kaiming", "gaussian"]
 
 
-def _check_hyperparameters(r: int, alpha: float, dropout: float, in_features: int, out_features: int) -> None:
+def check_hyperparameters(r: int, alpha: float, dropout: float, in_features: int, out_features: int) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``r``, ``alpha`` and ``dropout`` suit an ``out × in`` weight."""
     if isinstance(r, bool) or not isinstance(r, int):
         raise TypeError(f"rank r must be an int, got {type(r).__name__}; pass e.g. r=8")
     max_rank = min(in_features, out_features)
@@ -84,7 +85,7 @@ class LoRALinear(nn.Module):
             )
         if init_A not in ("kaiming", "gaussian"):
             raise ValueError(f"init_A={init_A!r} is unknown: use 'kaiming' or 'gaussian'")
-        _check_hyperparameters(r, alpha, dropout, base.in_features, base.out_features)
+        check_hyperparameters(r, alpha, dropout, base.in_features, base.out_features)
         super().__init__()
         self.base = base
         self.r = r
