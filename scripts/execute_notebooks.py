@@ -29,7 +29,7 @@ BUDGET_S = 120
 def execute(path: Path) -> float:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+        nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
         store_widget_state=True, record_timing=False,
     )
     start = time.perf_counter()
