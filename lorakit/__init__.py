@@ -1,14 +1,27 @@
 """lorakit — the small library grown from the book *Understanding LoRA*.
 
-Each module is one idea a chapter teaches:
+Each module is one idea a chapter teaches; later chapters import it.
 
-* :mod:`lorakit.layer` — :class:`LoRALinear`, the LoRA layer (Chapter 1);
-* :mod:`lorakit.inject` — put LoRA into any model by layer names, count, merge;
+Core (Chapter 1):
+
+* :mod:`lorakit.layer` — :class:`LoRALinear`, the LoRA layer;
+* :mod:`lorakit.inject` — put LoRA into any model by layer names, count, merge, unload;
 * :mod:`lorakit.adapter` — save and load adapter weights only;
-* :mod:`lorakit.train` — the shared training loop;
-* :mod:`lorakit.repro` — seeding and thread control;
-* :mod:`lorakit.toy` — the minimal ``y = Xθ`` example;
-* :mod:`lorakit.rlang` — R cells through rpy2.
+* :mod:`lorakit.train` — the shared training loop; :mod:`lorakit.repro` — seeding and threads;
+* :mod:`lorakit.toy` — the minimal ``y = Xθ`` example; :mod:`lorakit.rlang` — R cells through rpy2.
+
+Part II: :mod:`lorakit.data` (FashionMNIST without torchvision), :mod:`lorakit.lowrank`
+(low-rank layers instead of full-rank weights), :mod:`lorakit.transfer` (the shared fine-tuning task).
+
+Part III: :mod:`lorakit.expressive` (the expressive power of LoRA: constructions, methods, sweeps).
+
+Part IV: :mod:`lorakit.tinyformer` (a tiny ViT), :mod:`lorakit.peft_methods` (BitFit, adapters,
+prefix tuning, intrinsic dimension), :mod:`lorakit.subspace` (subspace similarity, amplification).
+
+Part V: :mod:`lorakit.optim` (Riemannian-preconditioned optimizers), :mod:`lorakit.variants`
+(LoRA+, DoRA, PiSSA, AdaLoRA, ReLoRA, GaLore, NF4/QLoRA).
+
+Part VI: :mod:`lorakit.peft_compat` (🤗 peft's adapter format), :mod:`lorakit.bench` (speed).
 """
 
 from .adapter import adapter_state_dict, load_adapter, save_adapter

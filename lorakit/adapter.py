@@ -28,7 +28,17 @@ _FORMAT = "lorakit-adapter/1"
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors of ``model``: ``{"<layer>.A": A, "<layer>.B": B, ...}`` (detached)."""
+    """The adapter tensors of ``model``: ``{"<layer>.A": A, "<layer>.B": B, ...}`` (detached).
+
+    ``A`` has shape ``(r, in)`` and ``B`` shape ``(out, r)``.
+
+    Example:
+        >>> from lorakit import inject_lora
+        >>> model = nn.Sequential(nn.Linear(8, 6))
+        >>> _ = inject_lora(model, "0", r=2, match="exact")
+        >>> {key: tuple(value.shape) for key, value in adapter_state_dict(model).items()}
+        {'0.A': (2, 8), '0.B': (6, 2)}
+    """
     state = {}
     for name, layer in lora_layers(model):
         state[f"{name}.A"] = layer.A.detach()
@@ -95,6 +105,19 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> None:
     and shapes (inject them with the same call that made the adapter). Every
     mismatch is reported in one ``ValueError`` before any weight changes.
     Loading into a merged layer is refused too: unmerge first.
+
+    Example:
+        >>> import os, tempfile
+        >>> from lorakit import inject_lora
+        >>> source = nn.Sequential(nn.Linear(8, 6))
+        >>> _ = inject_lora(source, "0", r=2, match="exact")
+        >>> _ = nn.init.constant_(source[0].B, 0.5)  # as if trained
+        >>> path = save_adapter(source, os.path.join(tempfile.mkdtemp(), "adapter.safetensors"))
+        >>> target = nn.Sequential(nn.Linear(8, 6))
+        >>> _ = inject_lora(target, "0", r=2, match="exact")  # the same call that made the adapter
+        >>> load_adapter(target, path)
+        >>> torch.equal(target[0].A, source[0].A), torch.equal(target[0].B, source[0].B)
+        (True, True)
     """
     path = Path(path)
     if not path.is_file():

@@ -33,7 +33,15 @@ MatchMode = Literal["suffix", "exact", "regex"]
 
 @dataclass(frozen=True)
 class ParameterCount:
-    """Trainable and total parameter counts of a model."""
+    """Trainable and total parameter counts of a model.
+
+    Example:
+        >>> count = ParameterCount(trainable=10, total=40)
+        >>> count.fraction
+        0.25
+        >>> str(count)
+        'trainable 10 of 40 parameters (25%)'
+    """
 
     trainable: int
     total: int
@@ -75,7 +83,14 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
-    """Yield ``(qualified_name, layer)`` for every :class:`LoRALinear` in ``model``."""
+    """Yield ``(qualified_name, layer)`` for every :class:`LoRALinear` in ``model``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> _ = inject_lora(model, ["0", "2"], r=1, match="exact")
+        >>> [(name, layer.A.shape, layer.B.shape) for name, layer in lora_layers(model)]
+        [('0', torch.Size([1, 4]), torch.Size([4, 1])), ('2', torch.Size([1, 4]), torch.Size([2, 1]))]
+    """
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
             yield name, module
@@ -178,6 +193,21 @@ def merge_lora(model: nn.Module) -> int:
 
     Safe to call twice (the second call merges nothing). If any layer's merge
     would produce NaN/Inf, nothing is merged and ``ValueError`` names the layer.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 3))
+        >>> _ = inject_lora(model, "0", r=2, match="exact")
+        >>> _ = nn.init.constant_(model[0].B, 0.1)  # as if training had moved B away from 0
+        >>> x = torch.randn(5, 4)
+        >>> before = model(x)
+        >>> merge_lora(model)
+        1
+        >>> model[0].merged, torch.allclose(model(x), before, atol=1e-6)
+        (True, True)
+        >>> merge_lora(model)  # already merged: nothing to do
+        0
     """
     pending = [(name, layer) for name, layer in _require_lora(model) if not layer.merged]
     for name, layer in pending:
@@ -191,7 +221,16 @@ def merge_lora(model: nn.Module) -> int:
 
 
 def unmerge_lora(model: nn.Module) -> int:
-    """Unmerge every merged LoRA layer; return how many were unmerged."""
+    """Unmerge every merged LoRA layer; return how many were unmerged.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3))
+        >>> _ = inject_lora(model, "0", r=2, match="exact")
+        >>> merge_lora(model), unmerge_lora(model), model[0].merged
+        (1, 1, False)
+        >>> unmerge_lora(model)  # nothing is merged any more
+        0
+    """
     merged = [layer for _, layer in _require_lora(model) if layer.merged]
     for layer in merged:
         layer.unmerge()
@@ -203,6 +242,13 @@ def unload_lora(model: nn.Module) -> nn.Module:
 
     The result has no trace of LoRA: same module types as before injection, the
     adapted weights baked in. Parameters keep ``requires_grad=False``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3))
+        >>> _ = inject_lora(model, "0", r=2, match="exact")
+        >>> model = unload_lora(model)
+        >>> type(model[0]).__name__, model[0].weight.shape, list(lora_layers(model))
+        ('Linear', torch.Size([3, 4]), [])
     """
     merge_lora(model)
     for name, layer in list(lora_layers(model)):

@@ -26,7 +26,15 @@ InitA = Literal["kaiming", "gaussian"]
 
 
 def check_hyperparameters(r: int, alpha: float, dropout: float, in_features: int, out_features: int) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``r``, ``alpha`` and ``dropout`` suit an ``out × in`` weight."""
+    """Raise ``TypeError``/``ValueError`` unless ``r``, ``alpha`` and ``dropout`` suit an ``out × in`` weight.
+
+    Example:
+        >>> check_hyperparameters(r=2, alpha=4.0, dropout=0.0, in_features=8, out_features=4)  # valid: no error
+        >>> check_hyperparameters(r=5, alpha=4.0, dropout=0.0, in_features=8, out_features=4)
+        Traceback (most recent call last):
+            ...
+        ValueError: rank r=5 is invalid for a 4x8 weight: choose 1 <= r <= min(in, out) = 4
+    """
     if isinstance(r, bool) or not isinstance(r, int):
         raise TypeError(f"rank r must be an int, got {type(r).__name__}; pass e.g. r=8")
     max_rank = min(in_features, out_features)
@@ -98,7 +106,12 @@ class LoRALinear(nn.Module):
 
         weight = base.weight
         self.A = nn.Parameter(torch.empty(r, base.in_features, device=weight.device, dtype=weight.dtype))
-        self.B = nn.Parameter(torch.zeros(base.out_features, r, device=weight.device, dtype=weight.dtype))
+        # B is ``out × r`` like everywhere in the book, but stored as the transpose of a row-major
+        # ``r × out`` tensor: F.linear(h, B) then multiplies by a plain row-major matrix, which this
+        # CPU BLAS runs markedly faster for small r (measured with ``python -m lorakit.bench``).
+        self.B = nn.Parameter(
+            torch.zeros(r, base.out_features, device=weight.device, dtype=weight.dtype).t()
+        )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_lora_parameters()
 

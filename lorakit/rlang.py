@@ -16,7 +16,12 @@ SKIP_MESSAGE = "R cell skipped: R and rpy2 are not available here (install r-bas
 
 
 def r_available() -> bool:
-    """True when rpy2 imports and can start an embedded R."""
+    """True when rpy2 imports and can start an embedded R.
+
+    Example:
+        >>> isinstance(r_available(), bool)  # True with R and rpy2 installed, False without
+        True
+    """
     try:
         import rpy2.robjects as robjects
 
@@ -31,6 +36,14 @@ def load_r_magic(ipython: Any) -> bool:
 
     R warns once, deferred, that the user library is empty; that warning is
     silenced while the extension loads so it does not land in the first R cell.
+
+    Example:
+        >>> from IPython.core.interactiveshell import InteractiveShell
+        >>> shell = InteractiveShell.instance()
+        >>> load_r_magic(shell) == r_available()  # real R, or the stand-in that skips cells
+        True
+        >>> "R" in shell.magics_manager.magics["cell"]  # %%R cells work either way
+        True
     """
     if r_available():
         import rpy2.robjects as robjects

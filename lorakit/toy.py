@@ -25,7 +25,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LinearTask:
-    """Inputs ``X`` (``n × d_in``), targets ``y = X θ`` (``n × d_out``) and ``θ``."""
+    """Inputs ``X`` (``n × d_in``), targets ``y = X θ`` (``n × d_out``) and ``θ`` (``d_in × d_out``).
+
+    Example:
+        >>> X, theta = torch.ones(4, 2), torch.tensor([[1.0], [2.0]])
+        >>> task = LinearTask(X=X, y=X @ theta, theta=theta)
+        >>> task.y.shape, task.y[:, 0].tolist()
+        (torch.Size([4, 1]), [3.0, 3.0, 3.0, 3.0])
+    """
 
     X: torch.Tensor
     y: torch.Tensor
@@ -65,13 +72,28 @@ def shifted_task(task: LinearTask, shift: float | torch.Tensor = 1.0, *, generat
 
     ``shift`` is a number (every weight moves by it: a rank-1 change) or a
     ``(d_in, d_out)`` tensor such as :func:`low_rank_shift`.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> task = make_linear_task(10, 3, 2, generator=g)
+        >>> task2 = shifted_task(task, 1.0, generator=g)
+        >>> torch.equal(task2.theta, task.theta + 1), task2.X.shape, torch.equal(task2.X, task.X)
+        (True, torch.Size([10, 3]), False)
     """
     n, d_in = task.X.shape
     return make_linear_task(n, d_in, task.theta.shape[1], generator=generator, theta=task.theta + shift)
 
 
 def low_rank_shift(d_in: int, d_out: int, rank: int, *, generator: torch.Generator) -> torch.Tensor:
-    """A ``(d_in, d_out)`` matrix of exactly rank ``rank`` with singular values ``rank, rank-1, …, 1``."""
+    """A ``(d_in, d_out)`` matrix of exactly rank ``rank`` with singular values ``rank, rank-1, …, 1``.
+
+    Example:
+        >>> delta = low_rank_shift(5, 4, 2, generator=torch.Generator().manual_seed(0))
+        >>> delta.shape, int(torch.linalg.matrix_rank(delta))
+        (torch.Size([5, 4]), 2)
+        >>> [round(s, 4) for s in torch.linalg.svdvals(delta)[:2].tolist()]
+        [2.0, 1.0]
+    """
     if not 1 <= rank <= min(d_in, d_out):
         raise ValueError(f"rank={rank} must be in 1..min(d_in, d_out) = {min(d_in, d_out)}")
     U, _ = torch.linalg.qr(torch.randn(d_in, rank, generator=generator))
@@ -84,6 +106,14 @@ def fit_full_batch(model: torch.nn.Module, task: LinearTask, *, steps: int, lr: 
     """Full-batch Adam on the MSE of the parameters that require grad.
 
     Returns ``steps + 1`` losses: before each step and after the last one.
+
+    Example:
+        >>> task = make_linear_task(64, 3, 2, generator=torch.Generator().manual_seed(0))
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 2, bias=False)
+        >>> losses = fit_full_batch(model, task, steps=50, lr=0.1)
+        >>> len(losses), losses[-1] < losses[0]
+        (51, True)
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -108,23 +138,44 @@ BLOG_MERGED_MSE = 0.00130013
 
 
 def full_data_mse(model: torch.nn.Module, task: LinearTask) -> float:
-    """Mean squared error of ``model`` over the whole task (no gradients)."""
+    """Mean squared error of ``model`` over the whole task (no gradients).
+
+    Example:
+        >>> task = make_linear_task(10, 3, 2, generator=torch.Generator().manual_seed(0))
+        >>> model = torch.nn.Linear(3, 2, bias=False)
+        >>> model.weight = torch.nn.Parameter(task.theta.T.clone())  # the exact solution: weight = θᵀ
+        >>> full_data_mse(model, task) < 1e-10
+        True
+    """
     with torch.no_grad():
         return torch.nn.functional.mse_loss(model(task.X), task.y).item()
 
 
-def train_blog_protocol(model: torch.nn.Module, task: LinearTask, *, generator: torch.Generator, desc: str) -> list[float]:
-    """The blog's ``train()``: Adam (lr 1e-3), 100 epochs of 78 random batches of 128, MSE.
+def train_blog_protocol(
+    model: torch.nn.Module, task: LinearTask, *, generator: torch.Generator, desc: str, epochs: int = 100
+) -> list[float]:
+    """The blog's ``train()``: Adam (lr 1e-3), epochs of 78 random batches of 128, MSE.
+
+    The blog runs 100 epochs (the default).
 
     Trains the parameters of ``model`` that require grad; returns the full-data MSE
     after every 10th epoch.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> task = make_linear_task(256, 3, 2, generator=g)
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 2, bias=False)
+        >>> mse = train_blog_protocol(model, task, generator=g, desc="toy")  # a progress bar on stderr
+        >>> len(mse), mse[-1] < mse[0]
+        (10, True)
     """
     from .train import fit
 
     params = [p for p in model.parameters() if p.requires_grad]
     history = fit(
         model, task.X, task.y, loss_fn=torch.nn.functional.mse_loss, optimizer=torch.optim.Adam(params, lr=1e-3),
-        epochs=100, batch_size=128, sampling="random_subsets", generator=generator,
+        epochs=epochs, batch_size=128, sampling="random_subsets", generator=generator,
         evaluate=lambda m: {"mse": full_data_mse(m, task)}, eval_every=10, desc=desc,
     )
     return history.metric("mse")

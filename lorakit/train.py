@@ -27,6 +27,11 @@ class History:
     Attributes:
         train_loss: mean training loss of each epoch.
         evals: one dict per evaluation, ``{"epoch": e, **metrics}``.
+
+    Example:
+        >>> h = History(train_loss=[0.9, 0.5], evals=[{"epoch": 1, "mse": 0.4}, {"epoch": 2, "mse": 0.2}])
+        >>> h.metric("mse")
+        [0.4, 0.2]
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -44,6 +49,15 @@ def batch_indices(n: int, batch_size: int, sampling: Sampling, generator: torch.
     * ``"sequential"``: ``0..n-1`` in order, cut into batches;
     * ``"random_subsets"``: ``n // batch_size`` batches, each an independent draw of
       ``batch_size`` distinct indices (R's ``sample.int(n, batch_size)`` per step).
+
+    Example:
+        >>> [batch.tolist() for batch in batch_indices(5, 2, "sequential", None)]
+        [[0, 1], [2, 3], [4]]
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sorted(torch.cat(batch_indices(5, 2, "shuffle", g)).tolist())  # each index once
+        [0, 1, 2, 3, 4]
+        >>> [len(batch) for batch in batch_indices(10, 4, "random_subsets", g)]  # 10 // 4 batches
+        [4, 4]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")

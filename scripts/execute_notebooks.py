@@ -9,6 +9,7 @@ Usage: python scripts/execute_notebooks.py notebooks/01_minimal_lora.ipynb [...]
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -59,18 +60,25 @@ def write_status(times: dict[str, float]) -> None:
     )
 
 
+def record_time(name: str, seconds: float) -> None:
+    """Add one run time to the record, under a lock: two `make notebooks` may run at once."""
+    with open(TIMES.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+        times[name] = round(seconds, 1)
+        times = {k: v for k, v in times.items() if (ROOT / k).exists()}
+        TIMES.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
+        write_status(times)
+
+
 def main(paths: list[str]) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
     for name in paths:
         path = Path(name).resolve()
         print(f"executing {path.relative_to(ROOT)} ...", flush=True)
         seconds = execute(path)
-        times[str(path.relative_to(ROOT))] = round(seconds, 1)
+        record_time(str(path.relative_to(ROOT)), seconds)
         print(f"  done in {seconds:.1f} s", flush=True)
-    times = {k: v for k, v in times.items() if (ROOT / k).exists()}
-    TIMES.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
-    write_status(times)
 
 
 if __name__ == "__main__":

@@ -48,15 +48,17 @@ class PiSSALinear(LoRALinear):
 
     @torch.no_grad()
     def _init_from_svd(self) -> None:
-        dtype = self._compute_dtype()
-        W = self.base.weight.to(dtype)
+        # float64 throughout: the split W = W_res + s·B A is then exact to float32 rounding.
+        W = self.base.weight.to(torch.float64)
         if not torch.isfinite(W).all():
             raise ValueError("the base weight holds NaN/Inf; PiSSA needs a finite W to take its SVD")
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
         root = torch.sqrt(S[: self.r] / self.scaling)
-        self.B.copy_((U[:, : self.r] * root).to(self.B.dtype))
-        self.A.copy_((root.unsqueeze(1) * Vh[: self.r]).to(self.A.dtype))
-        self.base.weight.copy_((W - self.delta_weight()).to(self.base.weight.dtype))
+        B, A = U[:, : self.r] * root, root.unsqueeze(1) * Vh[: self.r]
+        self.B.copy_(B.to(self.B.dtype))
+        self.A.copy_(A.to(self.A.dtype))
+        principal = (self.B.to(torch.float64) @ self.A.to(torch.float64)) * self.scaling
+        self.base.weight.copy_((W - principal).to(self.base.weight.dtype))
         self.singular_values.copy_(S.to(self.singular_values.dtype))
 
     def reset_lora_parameters(self) -> None:

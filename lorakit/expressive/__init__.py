@@ -1,0 +1,20 @@
+"""The expressive power of LoRA (Part III): Zeng & Lee (2024), re-implemented.
+
+* :mod:`~lorakit.expressive.construct` — the linear construction (SVD, rank split, telescoping);
+* :mod:`~lorakit.expressive.models` — target/frozen FNN and transformer generators, pretraining;
+* :mod:`~lorakit.expressive.methods` — 'ours' for FNN and TFN, trained LoRA ('sgd'), final layers ('flt');
+* :mod:`~lorakit.expressive.experiment` — one run of the paper's ``run_exp.py``, the grid;
+* :mod:`~lorakit.expressive.cli` — ``python -m lorakit.expressive``.
+"""
+
+from .construct import canonical_svd, chain_product, lowrank_update, rank_threshold, tail_errors
+from .experiment import Config, Result, format_mse, format_report, format_settings, grid, run_experiment, run_grid, summarize, validate
+from .methods import adapt_ours_fnn, adapt_ours_tfn, mse, train_adapter, trainable_parameters
+from .models import FNN, TFN, block_sizes, make_fnn_pair, make_tfn_pair, pretrain, sample_inputs
+
+__all__ = [
+    "canonical_svd", "chain_product", "lowrank_update", "rank_threshold", "tail_errors",
+    "Config", "Result", "format_mse", "format_report", "format_settings", "grid", "run_experiment", "run_grid", "summarize", "validate",
+    "adapt_ours_fnn", "adapt_ours_tfn", "mse", "train_adapter", "trainable_parameters",
+    "FNN", "TFN", "block_sizes", "make_fnn_pair", "make_tfn_pair", "pretrain", "sample_inputs",
+]

@@ -1,0 +1,390 @@
+"""Read and write adapters in 🤗 peft's format, so lorakit and peft can swap them.
+
+A peft LoRA adapter is a directory with two files:
+
+* ``adapter_config.json`` — the hyperparameters (``r``, ``lora_alpha``,
+  ``target_modules``, ``lora_dropout``, ``use_rslora``, …);
+* ``adapter_model.safetensors`` — one pair of tensors per adapted layer, named
+  ``base_model.model.<layer>.lora_A.weight`` (shape ``r × in``) and
+  ``base_model.model.<layer>.lora_B.weight`` (shape ``out × r``).
+
+peft's ``lora_A``/``lora_B`` are the book's ``A``/``B`` in the same orientation,
+and its scaling is the same ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with
+``use_rslora``), so the translation is a renaming. peft has many more options
+(DoRA, trained biases, per-layer ranks, extra saved modules, PiSSA-style
+initialisations that change the base weights, …). lorakit does not implement
+them, so :func:`load_peft_adapter` rejects a config that switches any of them on
+instead of silently computing something else.
+
+peft itself is *not* needed by this module: it only reads and writes JSON and
+safetensors. (The tests and the chapter use peft to check the files.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .inject import inject_lora, lora_layers
+from .layer import LoRALinear
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "peft_config",
+    "peft_state_dict",
+    "save_peft_adapter",
+    "read_peft_config",
+    "peft_target_names",
+    "load_peft_adapter",
+]
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_PREFIX = "base_model.model."
+
+# Fields that describe the file or the run, not the computation: read and ignored.
+_IGNORED_FIELDS = frozenset(
+    {
+        "peft_type",  # checked separately: must be "LORA"
+        "task_type",
+        "auto_mapping",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "megatron_core",  # a module name, used only together with megatron_config
+        "qalora_group_size",  # used only with use_qalora=True
+        "ensure_weight_tying",  # used only with modules_to_save / trainable tokens
+        "runtime_config",
+        "init_lora_weights",  # checked separately
+    }
+)
+# Fields lorakit implements.
+_SUPPORTED_FIELDS = frozenset({"r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora"})
+
+
+def _is_off(value: Any) -> bool:
+    """True for the values peft uses to mean "this option is not used"."""
+    return value is None or value is False or value == "none" or (isinstance(value, (dict, list)) and not value)
+
+
+def _dropout_of(layer: LoRALinear) -> float:
+    return float(layer.dropout.p) if isinstance(layer.dropout, nn.Dropout) else 0.0
+
+
+def _uniform_hyperparameters(model: nn.Module) -> tuple[list[tuple[str, LoRALinear]], dict[str, Any]]:
+    layers = list(lora_layers(model))
+    if not layers:
+        raise ValueError("the model has no LoRA layers to save; call lorakit.inject_lora(model, targets, r) first")
+    settings = {
+        name: (layer.r, layer.alpha, layer.rslora, _dropout_of(layer), layer.init_A) for name, layer in layers
+    }
+    distinct = sorted(set(settings.values()), key=str)
+    if len(distinct) > 1:
+        raise ValueError(
+            "peft's format holds one (r, alpha, rslora, dropout, init) for all layers unless it uses "
+            f"rank_pattern/alpha_pattern, which lorakit does not write; this model mixes {distinct}. "
+            "Inject all layers with the same settings to export it"
+        )
+    r, alpha, rslora, dropout, init_A = distinct[0]
+    return layers, {"r": r, "alpha": alpha, "rslora": rslora, "dropout": dropout, "init_A": init_A}
+
+
+def peft_config(model: nn.Module, *, base_model_name_or_path: str | None = None) -> dict[str, Any]:
+    """The ``adapter_config.json`` content that describes the LoRA layers of ``model``.
+
+    ``target_modules`` lists the layers' full qualified names, which peft matches
+    exactly (a name equals itself), so peft adapts precisely the same layers.
+
+    Raises:
+        ValueError: the model has no LoRA layers, or its layers differ in ``r``,
+            ``alpha``, ``rslora``, dropout or ``init_A``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4))
+        >>> _ = inject_lora(model, "0", r=2, alpha=4, match="exact")
+        >>> cfg = peft_config(model)
+        >>> cfg["r"], cfg["lora_alpha"], cfg["target_modules"]
+        (2, 4.0, ['0'])
+    """
+    layers, hp = _uniform_hyperparameters(model)
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "r": hp["r"],
+        "lora_alpha": hp["alpha"],
+        "lora_dropout": hp["dropout"],
+        "use_rslora": hp["rslora"],
+        "target_modules": [name for name, _ in layers],
+        "init_lora_weights": True if hp["init_A"] == "kaiming" else "gaussian",
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+
+
+def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors of ``model`` under peft's names (detached, contiguous).
+
+    Shapes: ``...lora_A.weight`` is ``r × in`` (the book's ``A``), ``...lora_B.weight``
+    is ``out × r`` (the book's ``B``).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3))
+        >>> _ = inject_lora(model, "0", r=2, match="exact")
+        >>> {k: tuple(v.shape) for k, v in peft_state_dict(model).items()}
+        {'base_model.model.0.lora_A.weight': (2, 4), 'base_model.model.0.lora_B.weight': (3, 2)}
+    """
+    state = {}
+    for name, layer in lora_layers(model):
+        state[f"{_PREFIX}{name}.lora_A.weight"] = layer.A.detach().contiguous()
+        state[f"{_PREFIX}{name}.lora_B.weight"] = layer.B.detach().contiguous()
+    return state
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_peft_adapter(
+    model: nn.Module, directory: str | os.PathLike, *, base_model_name_or_path: str | None = None
+) -> Path:
+    """Write the LoRA adapter of ``model`` as a peft adapter directory; return it.
+
+    The directory gets ``adapter_config.json`` and ``adapter_model.safetensors``;
+    ``peft.PeftModel.from_pretrained(base_model, directory)`` loads it into an
+    unwrapped copy of the same base model. Everything is validated before a file
+    is written, and each file is written atomically.
+
+    Args:
+        model: a model carrying :class:`~lorakit.layer.LoRALinear` layers that all
+            share ``r``, ``alpha``, ``rslora``, dropout and ``init_A``.
+        directory: created if missing.
+        base_model_name_or_path: recorded in the config (peft uses it only when
+            you load without passing a base model).
+
+    Raises:
+        ValueError: see :func:`peft_config`.
+
+    Example:
+        >>> import tempfile
+        >>> model = nn.Sequential(nn.Linear(4, 4))
+        >>> _ = inject_lora(model, "0", r=2, match="exact")
+        >>> out = save_peft_adapter(model, tempfile.mkdtemp())
+        >>> sorted(p.name for p in out.iterdir())
+        ['adapter_config.json', 'adapter_model.safetensors']
+    """
+    config = peft_config(model, base_model_name_or_path=base_model_name_or_path)
+    tensors = {key: value.cpu() for key, value in peft_state_dict(model).items()}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def read_peft_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read ``adapter_config.json`` and check that lorakit can compute what it describes.
+
+    Returns the config dict. Fields that only describe the run (``task_type``,
+    ``peft_version``, …) are ignored; fields lorakit does not implement must be
+    switched off (``None``, ``False``, ``"none"``, ``{}`` or ``[]``).
+
+    Raises:
+        FileNotFoundError: no ``adapter_config.json`` in ``directory``.
+        ValueError: not a LoRA config, or it uses an option lorakit lacks (the
+            message lists every such field).
+
+    Example:
+        >>> import tempfile, json, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA", "r": 4,
+        ...     "lora_alpha": 8, "target_modules": ["q"], "use_dora": True}))
+        >>> read_peft_config(d)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: ... use_dora=True ...
+    """
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {CONFIG_NAME} in {Path(directory)}; pass the directory that peft's save_pretrained "
+            "(or lorakit.save_peft_adapter) wrote"
+        )
+    config = json.loads(path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} does not hold a JSON object; it is not a peft adapter config")
+    if config.get("peft_type") != "LORA":
+        raise ValueError(
+            f"{path} has peft_type={config.get('peft_type')!r}; lorakit loads LoRA adapters only (peft_type 'LORA')"
+        )
+    problems = []
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            problems.append(f"required field {key!r} is missing")
+    for key, value in sorted(config.items()):
+        if key in _SUPPORTED_FIELDS or key in _IGNORED_FIELDS:
+            continue
+        if not _is_off(value):
+            problems.append(f"{key}={value!r} is not supported by lorakit (it must be unset)")
+    init = config.get("init_lora_weights", True)
+    if not (init is True or init is False or init == "gaussian"):
+        problems.append(
+            f"init_lora_weights={init!r} changes the base weights too (PiSSA/OLoRA/LoftQ-style); "
+            "lorakit supports only True, False or 'gaussian'"
+        )
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if "r" in config and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+        problems.append(f"r={r!r} must be a positive int")
+    if "lora_alpha" in config and not (
+        isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0
+    ):
+        problems.append(f"lora_alpha={alpha!r} must be a finite number > 0")
+    targets = config.get("target_modules")
+    if "target_modules" in config and not (
+        isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))
+    ):
+        problems.append(f"target_modules={targets!r} must be a regex string or a non-empty list of names")
+    if problems:
+        raise ValueError(
+            f"the peft adapter config {path} cannot be loaded by lorakit (nothing was changed):\n  - "
+            + "\n  - ".join(problems)
+        )
+    return config
+
+
+def peft_target_names(model: nn.Module, target_modules: str | list[str]) -> list[str]:
+    """The qualified module names peft would adapt for ``target_modules``, in model order.
+
+    peft's rule: a string is a regular expression that must match the whole
+    name (``re.fullmatch``); a list matches a name equal to an entry or ending in
+    ``"." + entry``. Unlike :func:`lorakit.inject_lora`, list entries that match
+    nothing are allowed, as in peft, as long as something matches.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+        >>> peft_target_names(model, ["2", "absent"]), peft_target_names(model, r"\\d")
+        (['2'], ['0', '1', '2'])
+    """
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(target_modules, str):
+        return [name for name in names if re.fullmatch(target_modules, name)]
+    wanted = set(target_modules)
+    return [name for name in names if name in wanted or any(name.endswith("." + t) for t in wanted)]
+
+
+def load_peft_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
+    """Inject LoRA into ``model`` as a peft adapter directory describes, and load its weights.
+
+    ``model`` is the plain base model (the one peft's ``get_peft_model`` or
+    ``PeftModel.from_pretrained`` would wrap), without LoRA layers yet. The
+    config is validated (:func:`read_peft_config`), the targeted layers found
+    with peft's matching rule, and every tensor name and shape checked before
+    anything changes; then the layers are wrapped in
+    :class:`~lorakit.layer.LoRALinear` and ``A``, ``B`` copied in.
+
+    Returns:
+        The qualified names of the adapted layers.
+
+    Raises:
+        FileNotFoundError: a file of the adapter is missing.
+        ValueError: unsupported config, the model already carries LoRA, no layer
+            matches, or the tensors do not fit (all problems listed at once).
+        TypeError: a targeted module is not an ``nn.Linear``.
+
+    Example:
+        >>> import tempfile, copy
+        >>> base = nn.Sequential(nn.Linear(4, 4))
+        >>> trained = copy.deepcopy(base)
+        >>> _ = inject_lora(trained, "0", r=2, match="exact")
+        >>> d = save_peft_adapter(trained, tempfile.mkdtemp())
+        >>> load_peft_adapter(base, d)
+        ['0']
+    """
+    directory = Path(directory)
+    config = read_peft_config(directory)
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}; peft's save_pretrained writes one next to the config")
+    if any(True for _ in lora_layers(model)):
+        raise ValueError(
+            "the model already carries LoRA layers; load a peft adapter into the plain base model "
+            "(or lorakit.unload_lora(model) first)"
+        )
+    names = peft_target_names(model, config["target_modules"])
+    if not names:
+        raise ValueError(
+            f"target_modules={config['target_modules']!r} matches no module of this model; "
+            "load the adapter into the same architecture it was trained on"
+        )
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(modules[name], nn.Linear):
+            raise TypeError(
+                f"target_modules matches {name!r}, a {type(modules[name]).__name__}; lorakit adapts nn.Linear only"
+            )
+    tensors = load_file(str(weights_path))
+    r = config["r"]
+    problems = []
+    expected_keys = set()
+    for name in names:
+        linear = modules[name]
+        if r > min(linear.in_features, linear.out_features):
+            problems.append(
+                f"layer {name!r} is {linear.out_features}x{linear.in_features} but r={r}: peft allows a rank "
+                "above min(in, out) (the update then has rank min(in, out) anyway), lorakit does not; "
+                "re-train the adapter with r <= min(in, out) or leave this layer out of target_modules"
+            )
+        for factor, shape in (("lora_A", (r, linear.in_features)), ("lora_B", (linear.out_features, r))):
+            key = f"{_PREFIX}{name}.{factor}.weight"
+            expected_keys.add(key)
+            if key not in tensors:
+                problems.append(f"tensor {key!r} is missing")
+            elif tuple(tensors[key].shape) != shape:
+                problems.append(f"tensor {key!r} has shape {tuple(tensors[key].shape)}, the model needs {shape}")
+    extra = sorted(set(tensors) - expected_keys)
+    if extra:
+        problems.append(f"the file holds tensors lorakit would not load: {extra[:6]}{' …' if len(extra) > 6 else ''}")
+    if problems:
+        raise ValueError(f"adapter {directory} does not fit this model (nothing was changed):\n  - " + "\n  - ".join(problems))
+
+    init = config.get("init_lora_weights", True)
+    inject_lora(
+        model,
+        names,
+        r=r,
+        alpha=config["lora_alpha"],
+        match="exact",
+        dropout=float(config.get("lora_dropout") or 0.0),
+        init_A="gaussian" if init == "gaussian" else "kaiming",
+        rslora=bool(config.get("use_rslora", False)),
+    )
+    layers = dict(lora_layers(model))
+    with torch.no_grad():
+        for name in names:
+            layers[name].A.copy_(tensors[f"{_PREFIX}{name}.lora_A.weight"])
+            layers[name].B.copy_(tensors[f"{_PREFIX}{name}.lora_B.weight"])
+    return names
