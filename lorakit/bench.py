@@ -61,7 +61,13 @@ def ideal_ratio(d: int, r: int) -> float:
 
 @dataclass
 class CaseTiming:
-    """Timings of one case: ``median`` and interquartile range ``q1``–``q3``, in seconds."""
+    """Timings of one case: ``median`` and interquartile range ``q1``–``q3``, in seconds.
+
+    Example:
+        >>> t = CaseTiming(median=0.002, q1=0.0018, q3=0.0025, samples=[0.0018, 0.002, 0.0025])
+        >>> t.median, len(t.samples)
+        (0.002, 3)
+    """
 
     median: float
     q1: float
@@ -71,7 +77,17 @@ class CaseTiming:
 
 @dataclass
 class BenchResult:
-    """All cases for one ``(d, tokens, r)`` point, and the ratios the chapter discusses."""
+    """All cases for one ``(d, tokens, r)`` point, and the ratios the chapter discusses.
+
+    Example:
+        >>> res = BenchResult(d=256, tokens=512, r=8, timings={
+        ...     "full_step": CaseTiming(median=0.004, q1=0.004, q3=0.004),
+        ...     "lorakit_step": CaseTiming(median=0.003, q1=0.003, q3=0.003)})
+        >>> round(res.ratio("lorakit_step"), 4), round(res.ideal, 4)
+        (0.75, 0.7292)
+        >>> res.ratio("peft_step") is None  # a skipped case
+        True
+    """
 
     d: int
     tokens: int
@@ -233,7 +249,17 @@ def run_grid(
     warmup: int = 2,
     progress: bool = True,
 ) -> list[BenchResult]:
-    """:func:`bench_one` over the grid ``ds × tokens × ranks``."""
+    """:func:`bench_one` over the grid ``ds × tokens × ranks``.
+
+    Returns one :class:`BenchResult` per point, ``d`` outermost, then ``tokens``, then ``r``.
+    The default grid takes minutes; a tiny grid takes well under a second.
+
+    Example:
+        >>> results = run_grid([32], [16], [1, 4], repeats=1, warmup=0, progress=False)
+        >>> [(res.d, res.tokens, res.r) for res in results]
+        [(32, 16, 1), (32, 16, 4)]
+        >>> results = run_grid()  # the full default grid, minutes  # doctest: +SKIP
+    """
     results = []
     for d in ds:
         for t in tokens:
@@ -253,6 +279,13 @@ def format_table(results: Sequence[BenchResult]) -> str:
 
     Columns: ``ideal`` = 2/3 + 2r/d; ``lorakit``, ``peft``, ``naive`` = step time ÷
     full step; ``k/peft`` = lorakit ÷ peft; ``merged`` = merged ÷ plain forward.
+
+    Example:
+        >>> res = BenchResult(d=256, tokens=512, r=8, timings={
+        ...     "full_step": CaseTiming(median=0.004, q1=0.004, q3=0.004),
+        ...     "lorakit_step": CaseTiming(median=0.003, q1=0.003, q3=0.003)})
+        >>> print(format_table([res]).splitlines()[2])
+          256    512   8     4.00  0.729   0.750   n/a   n/a    n/a    n/a
     """
     header = f"{'d':>5} {'tokens':>6} {'r':>3} {'full ms':>8}  {'ideal':>5} {'lorakit':>7} {'peft':>5} {'naive':>5} {'k/peft':>6} {'merged':>6}"
     lines = [header, "-" * len(header)]
@@ -293,7 +326,22 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m lorakit.bench [--d 256,1024,2048] [--tokens 512,4096] [--r 1,8,64]``."""
+    """Command line: ``python -m lorakit.bench [--d 256,1024,2048] [--tokens 512,4096] [--r 1,8,64]``.
+
+    Times the grid, prints :func:`format_table` and writes the JSON report to ``--out``;
+    returns the exit status ``0``. Bad arguments exit with status 2 and a message.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stderr(io.StringIO()):
+        ...     try:
+        ...         main(["--d", "8", "--r", "16"])  # every rank must be <= every d
+        ...     except SystemExit as stop:
+        ...         print("exit status", stop.code)
+        exit status 2
+        >>> main(["--d", "256", "--tokens", "512", "--r", "8"])  # one point; writes the report  # doctest: +SKIP
+        0
+    """
     parser = argparse.ArgumentParser(prog="python -m lorakit.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--d", type=_int_list, default=[256, 1024, 2048], help="layer widths (default 256,1024,2048)")
     parser.add_argument("--tokens", type=_int_list, default=[512, 4096], help="tokens per step (default 512,4096)")

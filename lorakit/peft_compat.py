@@ -48,7 +48,9 @@ __all__ = [
     "load_peft_adapter",
 ]
 
+#: The adapter's config file in a peft adapter directory, as peft's ``save_pretrained`` names it.
 CONFIG_NAME = "adapter_config.json"
+#: The adapter's weight file (safetensors) in a peft adapter directory, as peft names it.
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 

@@ -169,7 +169,25 @@ class BottleneckAdapter(nn.Module):
 
 
 class AdapterWrapper(nn.Module):
-    """Run ``inner`` and then a :class:`BottleneckAdapter` on its output."""
+    """Run ``inner`` and then a :class:`BottleneckAdapter` on its output.
+
+    :func:`inject_adapters` puts one in place of each targeted layer. A fresh wrapper
+    computes exactly what ``inner`` does (the adapter's ``up`` starts at zero).
+
+    Args:
+        inner: the layer whose output is adapted.
+        bottleneck: the adapter's hidden width, ``1 <= bottleneck <= inner.out_features``.
+
+    Shapes:
+        input ``(..., in)`` → output ``(..., out)``.
+
+    Example:
+        >>> inner = nn.Linear(6, 4)
+        >>> wrapped = AdapterWrapper(inner, bottleneck=2)
+        >>> x = torch.randn(3, 6)
+        >>> wrapped(x).shape, torch.equal(wrapped(x), inner(x))
+        (torch.Size([3, 4]), True)
+    """
 
     def __init__(self, inner: nn.Linear, bottleneck: int) -> None:
         super().__init__()

@@ -121,6 +121,11 @@ class Amplification:
         proj_random: the same with random orthonormal ``U, V`` (mean over draws).
         norm_W: ``‖W‖_F``.
         norm_delta: ``‖ΔW‖_F``.
+
+    Example:
+        >>> a = Amplification(r=1, proj_delta=1.0, proj_W=3.0, proj_random=0.5, norm_W=3.742, norm_delta=5.0)
+        >>> a.factor
+        5.0
     """
 
     r: int

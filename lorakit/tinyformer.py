@@ -90,6 +90,15 @@ class TinyViTConfig:
         heads: attention heads; must divide ``dim``.
         mlp_dim: hidden width of each block's MLP.
         n_classes: outputs of the classification head.
+
+    Example:
+        >>> c = TinyViTConfig()
+        >>> c.n_patches, c.patch_dim, c.dim // c.heads
+        (16, 49, 16)
+        >>> TinyViTConfig(dim=30, heads=4)
+        Traceback (most recent call last):
+            ...
+        ValueError: heads=4 does not divide dim=30; choose e.g. heads=4 for dim=64
     """
 
     image_size: int = 28
@@ -154,7 +163,12 @@ class Attention(nn.Module):
     vectors are prepended to the keys and values of every sequence.
 
     Shapes:
-        input ``(N, T, dim)`` → output ``(N, T, dim)``.
+        input ``(N, T, dim)`` → output ``(N, T, dim)``; each projection's weight is ``(dim, dim)``.
+
+    Example:
+        >>> attn = Attention(dim=8, heads=2)
+        >>> attn(torch.randn(2, 5, 8)).shape, attn.q_proj.weight.shape
+        (torch.Size([2, 5, 8]), torch.Size([8, 8]))
     """
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -184,7 +198,17 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + fc2(gelu(fc1(ln2(x))))``."""
+    """A pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + fc2(gelu(fc1(ln2(x))))``.
+
+    Shapes:
+        input ``(N, T, dim)`` → output ``(N, T, dim)``; ``fc1.weight`` is ``(mlp_dim, dim)``,
+        ``fc2.weight`` is ``(dim, mlp_dim)``.
+
+    Example:
+        >>> block = Block(dim=8, heads=2, mlp_dim=16)
+        >>> block(torch.randn(2, 5, 8)).shape, block.fc1.weight.shape
+        (torch.Size([2, 5, 8]), torch.Size([16, 8]))
+    """
 
     def __init__(self, dim: int, heads: int, mlp_dim: int) -> None:
         super().__init__()
@@ -290,7 +314,22 @@ def load_task(
 
 
 def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Fraction of ``X`` that ``model`` classifies as ``y`` (eval mode, no gradients)."""
+    """Fraction of ``X`` that ``model`` classifies as ``y`` (eval mode, no gradients).
+
+    Args:
+        model: any classifier mapping ``(N, 784)`` to logits ``(N, n_classes)``; its
+            train/eval mode is restored afterwards.
+        X, y: images ``(N, 784)`` and labels ``(N,)``.
+        batch_size: images per forward pass.
+
+    Example:
+        >>> model = TinyViT(TinyViTConfig(dim=16, depth=1, heads=2, mlp_dim=16))
+        >>> with torch.no_grad():  # a head that always predicts class 2
+        ...     _ = model.head.weight.zero_()
+        ...     _ = model.head.bias.copy_(torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]))
+        >>> accuracy(model, torch.rand(4, 784), torch.tensor([2, 2, 0, 1]))
+        0.5
+    """
     was_training = model.training
     model.eval()
     correct = 0
@@ -310,6 +349,12 @@ class FinetuneResult:
         accuracy: test accuracy after the last epoch.
         trainable: number of trainable parameters.
         step_seconds: mean wall-clock seconds per optimisation step (a timing: varies run to run).
+
+    Example:
+        >>> history = History(train_loss=[0.9], evals=[{"epoch": 1, "acc": 0.8}])
+        >>> res = FinetuneResult(history=history, accuracy=0.8, trainable=325, step_seconds=0.002)
+        >>> res.history.metric("acc"), res.trainable
+        ([0.8], 325)
     """
 
     history: History
@@ -385,6 +430,12 @@ def reset_head(model: TinyViT, n_classes: int = 5, *, generator: torch.Generator
 
     The new head is drawn from ``generator`` (PyTorch's default ``nn.Linear`` init),
     so every method in a comparison can start from the same head.
+
+    Example:
+        >>> model = TinyViT(TinyViTConfig(dim=16, depth=1, heads=2, mlp_dim=16))
+        >>> head = reset_head(model, 3, generator=torch.Generator().manual_seed(0))
+        >>> head is model.head, head.weight.shape, model(torch.rand(2, 784)).shape
+        (True, torch.Size([3, 16]), torch.Size([2, 3]))
     """
     if not isinstance(model, TinyViT):
         raise TypeError(f"reset_head expects a TinyViT, got {type(model).__name__}")
@@ -402,7 +453,19 @@ def reset_head(model: TinyViT, n_classes: int = 5, *, generator: torch.Generator
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    """How :func:`pretrain` trains; stored in the weight file's metadata."""
+    """How :func:`pretrain` trains; stored in the weight file's metadata.
+
+    Attributes:
+        seed: seeds torch (weights, batch order) and the training subset.
+        epochs, batch_size: passed to :func:`lorakit.train.fit`.
+        lr, weight_decay: AdamW settings.
+
+    Example:
+        >>> PretrainRecipe()
+        PretrainRecipe(seed=0, epochs=4, batch_size=128, lr=0.003, weight_decay=0.01)
+        >>> PretrainRecipe(epochs=1).batch_size
+        128
+    """
 
     seed: int = 0
     epochs: int = 4
@@ -428,6 +491,13 @@ def pretrain(
         recipe: seed, epochs, batch size, AdamW learning rate and weight decay.
         n_train: use a subset of the 30,000 training images (for tests), or all.
         progress: show the progress bar.
+
+    Example:
+        >>> config = TinyViTConfig(dim=16, depth=1, heads=2, mlp_dim=16)
+        >>> recipe = PretrainRecipe(epochs=1)
+        >>> model, acc = pretrain(config, recipe, n_train=256, progress=False)  # doctest: +SKIP
+        >>> model.config == config, 0.0 <= acc <= 1.0  # doctest: +SKIP
+        (True, True)
     """
     config = config or TinyViTConfig()
     recipe = recipe or PretrainRecipe()
@@ -442,7 +512,20 @@ def pretrain(
 
 
 def save_model(model: TinyViT, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write ``model``'s weights and config to a safetensors file (atomically); return the path."""
+    """Write ``model``'s weights and config to a safetensors file (atomically); return the path.
+
+    Args:
+        model: the :class:`TinyViT` to save.
+        path: the file; missing parent directories are created.
+        extra: more JSON-serialisable metadata, returned by :func:`load_model`.
+
+    Example:
+        >>> model = TinyViT(TinyViTConfig(dim=16, depth=1, heads=2, mlp_dim=16))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_model(model, Path(tmp) / "vit.safetensors", extra={"note": "demo"})
+        ...     print(path.name, path.is_file())
+        vit.safetensors True
+    """
     from safetensors.torch import save_file
 
     if not isinstance(model, TinyViT):
@@ -467,7 +550,16 @@ def save_model(model: TinyViT, path: str | os.PathLike, extra: dict | None = Non
 
 
 def load_model(path: str | os.PathLike) -> tuple[TinyViT, dict]:
-    """Load a :class:`TinyViT` written by :func:`save_model`; return ``(model, metadata)``."""
+    """Load a :class:`TinyViT` written by :func:`save_model`; return ``(model, metadata)``.
+
+    Example:
+        >>> model = TinyViT(TinyViTConfig(dim=16, depth=1, heads=2, mlp_dim=16))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_model(model, Path(tmp) / "vit.safetensors", extra={"note": "demo"})
+        ...     loaded, meta = load_model(path)
+        >>> meta["config"]["dim"], meta["note"], torch.equal(loaded.head.weight, model.head.weight)
+        (16, 'demo', True)
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -496,6 +588,15 @@ def load_pretrained(path: str | os.PathLike | None = None, *, progress: bool = F
 
     Returns:
         The model in eval mode, all parameters trainable (freeze what you adapt).
+
+    Example:
+        >>> small = TinyViT(TinyViTConfig(dim=16, depth=1, heads=2, mlp_dim=16))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_model(small, Path(tmp) / "vit.safetensors")
+        ...     model = load_pretrained(path)  # the file exists, so nothing trains
+        >>> model.training, model.config.dim
+        (False, 16)
+        >>> model = load_pretrained()  # the book's weights, pretrained if missing  # doctest: +SKIP
     """
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
@@ -507,7 +608,23 @@ def load_pretrained(path: str | os.PathLike | None = None, *, progress: bool = F
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: pretrain the default TinyViT and write its weights."""
+    """Command line: pretrain the default TinyViT and write its weights.
+
+    ``python -m lorakit.tinyformer [--out FILE] [--seed 0] [--epochs 4]``; prints the
+    pretraining test accuracy and the file written.
+
+    Example:
+        >>> import contextlib, io
+        >>> out = io.StringIO()
+        >>> with contextlib.redirect_stdout(out):
+        ...     try:
+        ...         main(["--help"])
+        ...     except SystemExit:
+        ...         pass
+        >>> "--out" in out.getvalue() and "--epochs" in out.getvalue()
+        True
+        >>> main(["--out", "data/tinyvit_fmnist.safetensors"])  # pretrains on FashionMNIST  # doctest: +SKIP
+    """
     parser = argparse.ArgumentParser(description="Pretrain the Part IV TinyViT on FashionMNIST classes 0-4.")
     parser.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="output safetensors file")
     parser.add_argument("--seed", type=int, default=PretrainRecipe.seed)

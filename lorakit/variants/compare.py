@@ -57,7 +57,27 @@ WHERE_IT_APPLIES: dict[str, str] = {
 
 @dataclass
 class VariantResult:
-    """What :func:`run_variant` measured for one method."""
+    """What :func:`run_variant` measured for one method.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        trainable: number of trainable parameters.
+        optimizer_bytes: bytes of optimizer state after training (0 for ``"frozen"``).
+        accuracy: test accuracy after the last step.
+        cpu_seconds_per_step: process CPU seconds per optimisation step (a timing: varies run to run).
+        steps: optimisation steps taken (0 for ``"frozen"``).
+        update_ranks, update_norms: per hidden layer (``"0"``, ``"2"``), the numerical rank and
+            the Frobenius norm of its total update ``W_after − W_before``.
+        deltas: per hidden layer, that update, shape ``(out, in)``.
+        train_loss: mean training loss of each epoch.
+        notes: the method's settings, as :func:`prepare_variant` describes them.
+
+    Example:
+        >>> res = VariantResult(method="lora", trainable=10240, optimizer_bytes=81920, accuracy=0.85,
+        ...                     cpu_seconds_per_step=0.01, steps=100, update_ranks={"0": 8, "2": 8})
+        >>> res.method, res.update_ranks["0"], res.notes
+        ('lora', 8, '')
+    """
 
     method: str
     trainable: int

@@ -60,6 +60,16 @@ class NF4Tensor:
         absmax_codes, absmax_scale, absmax_mean: the double-quantised scales (int8 per block,
             fp32 per group of ``dq_block_size`` blocks, one fp32 mean).
         shape, block_size, dq_block_size: what :func:`dequantize_nf4` needs.
+
+    Made by :func:`quantize_nf4`, not by hand.
+
+    Example:
+        >>> q = quantize_nf4(torch.randn(4, 32), block_size=64)
+        >>> q.shape, q.codes.shape, q.absmax.shape, q.nbytes, q.bits_per_parameter
+        ((4, 32), torch.Size([64]), torch.Size([2]), 72, 4.5)
+        >>> dq = quantize_nf4(torch.randn(4, 32), double_quant=True)
+        >>> dq.absmax is None, dq.absmax_codes.dtype, dq.block_absmax().shape
+        (True, torch.int8, torch.Size([2]))
     """
 
     codes: torch.Tensor
