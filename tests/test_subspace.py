@@ -84,7 +84,8 @@ def test_amplification_own_directions_dominate():
     W, dW = torch.randn(16, 16, generator=g), torch.randn(16, 16, generator=g)
     for r in (1, 4, 16):
         a = amplification(dW, W, r, generator=g)
-        assert a.proj_W >= a.proj_delta - 1e-9 and a.proj_W >= a.proj_random
+        # At r = 16 (every direction) all three are ||W||_F and differ only by rounding.
+        assert a.proj_W >= a.proj_delta - 1e-9 and a.proj_W >= a.proj_random - 1e-9
     full = amplification(dW, W, 16, generator=g)
     assert full.proj_delta == pytest.approx(full.norm_W)  # all directions: the whole of W
 
