@@ -21,7 +21,8 @@ prefix tuning, intrinsic dimension), :mod:`lorakit.subspace` (subspace similarit
 Part V: :mod:`lorakit.optim` (Riemannian-preconditioned optimizers), :mod:`lorakit.variants`
 (LoRA+, DoRA, PiSSA, AdaLoRA, ReLoRA, GaLore, NF4/QLoRA).
 
-Part VI: :mod:`lorakit.peft_compat` (🤗 peft's adapter format), :mod:`lorakit.bench` (speed).
+Part VI: :mod:`lorakit.peft_compat` (🤗 peft's adapter format), :mod:`lorakit.sentences` (the sentence
+task of Chapter 13), :mod:`lorakit.bench` (speed).
 """
 
 from .adapter import adapter_state_dict, load_adapter, save_adapter

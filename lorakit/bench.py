@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -196,7 +197,9 @@ def _make_cases(d: int, tokens: int, r: int, seed: int) -> dict[str, Callable[[]
     return cases
 
 
-def bench_one(d: int, tokens: int, r: int, *, repeats: int = 9, warmup: int = 2, seed: int = 0) -> BenchResult:
+def bench_one(
+    d: int, tokens: int, r: int, *, repeats: int = 9, warmup: int = 2, seed: int = 0, min_time: float = 0.02
+) -> BenchResult:
     """Time every case for one ``(d, tokens, r)``, interleaved; return a :class:`BenchResult`.
 
     Args:
@@ -206,6 +209,9 @@ def bench_one(d: int, tokens: int, r: int, *, repeats: int = 9, warmup: int = 2,
         repeats: timed rounds; each round runs every case once, in a rotating order.
         warmup: untimed rounds first.
         seed: seeds the weights and inputs.
+        min_time: a sample lasts at least this many seconds: a case faster than that runs
+            several times per sample (the count is set from the last warm-up round) and the
+            sample is the mean, so the clock's resolution and call overheads do not dominate.
 
     Example:
         >>> res = bench_one(64, 32, 4, repeats=3, warmup=1)
@@ -221,16 +227,22 @@ def bench_one(d: int, tokens: int, r: int, *, repeats: int = 9, warmup: int = 2,
         raise ValueError(f"r={r} exceeds d={d}: choose 1 <= r <= d")
     if warmup < 0:
         raise ValueError(f"warmup={warmup} must be >= 0")
+    if not min_time >= 0:
+        raise ValueError(f"min_time={min_time} must be >= 0 seconds")
     cases = _make_cases(d, tokens, r, seed)
     names = list(cases)
     clock = _clock()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    calls = dict.fromkeys(names, 1)
     for round_ in range(warmup + repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             start = clock()
-            cases[name]()
-            elapsed = clock() - start
+            for _ in range(calls[name]):
+                cases[name]()
+            elapsed = (clock() - start) / calls[name]
+            if round_ == warmup - 1 and elapsed > 0:
+                calls[name] = max(1, math.ceil(min_time / elapsed))
             if round_ >= warmup:
                 samples[name].append(elapsed)
     timings = {}
@@ -247,6 +259,7 @@ def run_grid(
     *,
     repeats: int = 9,
     warmup: int = 2,
+    min_time: float = 0.02,
     progress: bool = True,
 ) -> list[BenchResult]:
     """:func:`bench_one` over the grid ``ds × tokens × ranks``.
@@ -266,7 +279,7 @@ def run_grid(
             for r in ranks:
                 if progress:
                     print(f"  timing d={d} tokens={t} r={r} …", file=sys.stderr, flush=True)
-                results.append(bench_one(d, t, r, repeats=repeats, warmup=warmup))
+                results.append(bench_one(d, t, r, repeats=repeats, warmup=warmup, min_time=min_time))
     return results
 
 
@@ -348,18 +361,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--r", type=_int_list, default=[1, 8, 64], help="LoRA ranks (default 1,8,64)")
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds per point (default 9)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds per point (default 2)")
+    parser.add_argument("--min-time", type=float, default=0.02,
+                        help="shortest sample in seconds; faster cases repeat within a sample (default 0.02)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"), help="JSON report path")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
-        parser.error("--threads and --repeats must be >= 1 and --warmup >= 0")
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or not args.min_time >= 0:
+        parser.error("--threads and --repeats must be >= 1, --warmup and --min-time >= 0")
     if max(args.r) > min(args.d):
         parser.error(f"every rank must be <= every d: got r up to {max(args.r)} and d down to {min(args.d)}")
     torch.set_num_threads(args.threads)
-    results = run_grid(args.d, args.tokens, args.r, repeats=args.repeats, warmup=args.warmup)
+    results = run_grid(args.d, args.tokens, args.r, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time)
     print(format_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report(results), indent=2) + "\n")
+    partial = args.out.with_name(args.out.name + ".partial")
+    partial.write_text(json.dumps(report(results), indent=2) + "\n")
+    partial.replace(args.out)  # never a half-written report
     print(f"report written to {args.out}")
     return 0
 

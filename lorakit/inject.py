@@ -6,13 +6,18 @@ names (``model.named_modules()``), matched in one of three ways:
 * ``"suffix"`` (default): ``"q_proj"`` matches ``"encoder.layer.0.attn.q_proj"``;
 * ``"exact"``: the whole qualified name must be equal;
 * ``"regex"``: ``re.fullmatch`` of the pattern against the qualified name.
+
+:func:`select_linears` does the choosing (and all its checks) and :func:`swap_in` the
+replacing and freezing; :func:`inject_lora` is the two with :class:`LoRALinear` in between.
+The LoRA variants (:func:`lorakit.variants.wrap_linears`) and the bottleneck adapters
+(:func:`lorakit.peft_methods.inject_adapters`) reuse both.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator, Literal, Mapping
 
 from torch import nn
 
@@ -22,6 +27,8 @@ __all__ = [
     "ParameterCount",
     "count_parameters",
     "inject_lora",
+    "select_linears",
+    "swap_in",
     "lora_layers",
     "merge_lora",
     "unmerge_lora",
@@ -82,6 +89,88 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def select_linears(model: nn.Module, targets: str | Iterable[str], match: MatchMode = "suffix") -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` layers that ``targets`` name, in model order; checks everything, changes nothing.
+
+    Args:
+        model: any module.
+        targets: one name or several; how they match is set by ``match``.
+        match: ``"suffix"``, ``"exact"`` or ``"regex"`` (see the module docstring).
+
+    Returns:
+        ``{qualified_name: layer}`` for every module some target matches, in the order of
+        ``model.named_modules()``.
+
+    Raises:
+        ValueError: ``match`` is unknown, no target is given, a target matches no module
+            (the message lists the model's Linear layers), or a layer already carries LoRA.
+        TypeError: a matched module is not an ``nn.Linear``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> list(select_linears(model, ["2", "0"], match="exact"))
+        ['0', '2']
+    """
+    if match not in ("suffix", "exact", "regex"):
+        raise ValueError(f"match={match!r} is unknown: use 'suffix', 'exact' or 'regex'")
+    target_list = [targets] if isinstance(targets, str) else list(targets)
+    if not target_list:
+        raise ValueError("no targets given: pass layer names such as ['q_proj', 'v_proj']")
+
+    modules = [(name, module) for name, module in model.named_modules() if name]
+    for target in target_list:
+        if not any(_matches(name, target, match) for name, _ in modules):
+            linear_names = [name for name, module in modules if isinstance(module, nn.Linear)]
+            shown = ", ".join(linear_names[:12]) + (" …" if len(linear_names) > 12 else "")
+            raise ValueError(
+                f"target {target!r} (match={match!r}) matches no module of the model; "
+                f"its Linear layers are: {shown or 'none'}"
+            )
+    chosen = {
+        name: module for name, module in modules if any(_matches(name, target, match) for target in target_list)
+    }
+    for name, module in chosen.items():
+        if isinstance(module, LoRALinear):
+            raise ValueError(f"module {name!r} already carries LoRA; merge or unload it before injecting again")
+        if not isinstance(module, nn.Linear):
+            raise TypeError(
+                f"target matched {name!r}, a {type(module).__name__}, but only nn.Linear layers can be wrapped; "
+                "name the Linear layers inside it instead"
+            )
+    return chosen
+
+
+def swap_in(model: nn.Module, wrappers: Mapping[str, nn.Module], trainable: Iterable[nn.Parameter]) -> list[str]:
+    """Freeze every parameter of ``model``, put ``wrappers`` in place by name, then unfreeze ``trainable``.
+
+    Call it only once every wrapper is built: it cannot fail halfway.
+
+    Args:
+        model: the module to change in place.
+        wrappers: ``{qualified_name: new_module}``, e.g. from :func:`select_linears`.
+        trainable: the parameters that train afterwards (the wrappers' new factors).
+
+    Returns:
+        The names of the replaced modules, in the order of ``wrappers``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        >>> wrapper = LoRALinear(model[0], r=1)
+        >>> swap_in(model, {"0": wrapper}, [wrapper.A, wrapper.B])
+        ['0']
+        >>> [name for name, p in model.named_parameters() if p.requires_grad]
+        ['0.A', '0.B']
+    """
+    trainable = list(trainable)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, wrapper in wrappers.items():
+        _set_submodule(model, name, wrapper)
+    for p in trainable:
+        p.requires_grad_(True)
+    return list(wrappers)
+
+
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     """Yield ``(qualified_name, layer)`` for every :class:`LoRALinear` in ``model``.
 
@@ -134,33 +223,8 @@ def inject_lora(
         >>> str(count_parameters(model))
         'trainable 14 of 44 parameters (31.82%)'
     """
-    if match not in ("suffix", "exact", "regex"):
-        raise ValueError(f"match={match!r} is unknown: use 'suffix', 'exact' or 'regex'")
-    target_list = [targets] if isinstance(targets, str) else list(targets)
-    if not target_list:
-        raise ValueError("no targets given: pass layer names such as ['q_proj', 'v_proj']")
-
-    modules = [(name, module) for name, module in model.named_modules() if name]
-    for target in target_list:
-        if not any(_matches(name, target, match) for name, _ in modules):
-            linear_names = [name for name, module in modules if isinstance(module, nn.Linear)]
-            shown = ", ".join(linear_names[:12]) + (" …" if len(linear_names) > 12 else "")
-            raise ValueError(
-                f"target {target!r} (match={match!r}) matches no module of the model; "
-                f"its Linear layers are: {shown or 'none'}"
-            )
-    chosen = {
-        name: module for name, module in modules if any(_matches(name, target, match) for target in target_list)
-    }
-
+    chosen = select_linears(model, targets, match)
     for name, module in chosen.items():
-        if isinstance(module, LoRALinear):
-            raise ValueError(f"module {name!r} already carries LoRA; merge or unload it before injecting again")
-        if not isinstance(module, nn.Linear):
-            raise TypeError(
-                f"target matched {name!r}, a {type(module).__name__}, but LoRA here wraps nn.Linear only; "
-                "name the Linear layers inside it instead"
-            )
         try:
             check_hyperparameters(r, alpha, dropout, module.in_features, module.out_features)
         except ValueError as error:
@@ -171,14 +235,7 @@ def inject_lora(
         name: LoRALinear(module, r, alpha, dropout=dropout, init_A=init_A, rslora=rslora)
         for name, module in chosen.items()
     }
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, wrapper in wrappers.items():
-        _set_submodule(model, name, wrapper)
-    for wrapper in wrappers.values():
-        wrapper.A.requires_grad_(True)
-        wrapper.B.requires_grad_(True)
-    return list(wrappers)
+    return swap_in(model, wrappers, [p for wrapper in wrappers.values() for p in (wrapper.A, wrapper.B)])
 
 
 def _require_lora(model: nn.Module) -> list[tuple[str, LoRALinear]]:

@@ -49,6 +49,48 @@ def check_hyperparameters(r: int, alpha: float, dropout: float, in_features: int
         raise ValueError(f"dropout={dropout!r} must be in [0, 1); use 0 to switch it off")
 
 
+class _FusedLoRALinear(torch.autograd.Function):
+    """``y = x Wᵀ + b + s·(x Aᵀ) Bᵀ`` for a frozen ``W``, ``b``, with the LoRA GEMMs accumulating in place.
+
+    Autograd on the plain expression writes the branch's ``tokens × out`` output and then adds it to
+    the base output, and in the backward pass sums two ``tokens × in`` input gradients: two extra
+    passes over the largest tensors of the layer. Here the small GEMM adds straight into the big
+    GEMM's result (BLAS ``beta = 1``), in both directions; the products are the same ones autograd
+    computes. Used by :meth:`LoRALinear.forward` whenever it applies (see ``_fusable``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, bias, A, B, scaling):  # type: ignore[override]
+        x2 = x.reshape(-1, x.shape[-1])
+        h = torch.mm(x2, A.t()).mul_(scaling)  # (tokens, r): scale the small side
+        y = torch.addmm(bias, x2, W.t()) if bias is not None else torch.mm(x2, W.t())
+        y.addmm_(h, B.t())  # y += h Bᵀ, in place
+        ctx.save_for_backward(x2, W, A, B, h)
+        ctx.scaling = scaling
+        return y.view(*x.shape[:-1], W.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x2, W, A, B, h = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        dh = torch.mm(g, B).mul_(ctx.scaling)  # (tokens, r)
+        dx = dA = dB = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.mm(g, W).addmm_(dh, A).view(*grad.shape[:-1], W.shape[1])
+        if ctx.needs_input_grad[3]:
+            dA = torch.mm(dh.t(), x2)
+        if ctx.needs_input_grad[4]:
+            dB = torch.mm(h.t(), g).t()  # laid out like B (the transpose of a row-major r × out)
+        return dx, None, None, dA, dB, None
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 class LoRALinear(nn.Module):
     """Wrap an ``nn.Linear`` with a trainable rank-``r`` update ``ΔW = (alpha/r) B A``.
 
@@ -148,12 +190,27 @@ class LoRALinear(nn.Module):
         return (self.B.to(dtype) @ self.A.to(dtype)) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
         if self.merged:
-            return y
+            return self.base(x)
+        if self._fusable(x):
+            return _FusedLoRALinear.apply(x, self.base.weight, self.base.bias, self.A, self.B, self.scaling)
+        # The general path (dropout while training, a trainable or non-Linear base, mixed dtypes, autocast).
         # Scale the (tokens × r) intermediate rather than the (tokens × out) result: r is the small side.
         h = F.linear(self.dropout(x), self.A) * self.scaling
-        return y + F.linear(h, self.B)
+        return self.base(x) + F.linear(h, self.B)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        base = self.base
+        return (
+            type(base) is nn.Linear  # exactly: a subclass or a quantised base may compute differently
+            and not base._forward_hooks and not base._forward_pre_hooks
+            and not (self.training and isinstance(self.dropout, nn.Dropout))
+            and not base.weight.requires_grad
+            and (base.bias is None or not base.bias.requires_grad)
+            and x.dtype == base.weight.dtype == self.A.dtype == self.B.dtype
+            and x.shape[-1] == base.in_features
+            and not _autocast_on(x)
+        )
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

@@ -29,7 +29,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .inject import MatchMode, _matches, _set_submodule
+from .inject import MatchMode, select_linears, swap_in
 
 __all__ = [
     "train_only",
@@ -217,27 +217,9 @@ def inject_adapters(
         >>> sum(p.numel() for p in model.parameters() if p.requires_grad)
         13
     """
-    wanted = _names(targets)
-    if not wanted:
-        raise ValueError("no targets given: pass layer names such as ['o_proj', 'fc2']")
-    modules = [(n, m) for n, m in model.named_modules() if n]
-    chosen: dict[str, nn.Module] = {}
-    for target in wanted:
-        hits = [(n, m) for n, m in modules if _matches(n, target, match)]
-        if not hits:
-            raise ValueError(f"target {target!r} (match={match!r}) matches no module of the model")
-        chosen.update(hits)
-    for name, module in chosen.items():
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"target matched {name!r}, a {type(module).__name__}; adapters wrap nn.Linear only")
-    order = [n for n, _ in modules if n in chosen]  # model order, whatever the order of the targets
-    wrappers = {name: AdapterWrapper(chosen[name], bottleneck) for name in order}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, wrapper in wrappers.items():
-        _set_submodule(model, name, wrapper)
-        wrapper.adapter.requires_grad_(True)
-    return list(wrappers)
+    chosen = select_linears(model, _names(targets), match)
+    wrappers = {name: AdapterWrapper(layer, bottleneck) for name, layer in chosen.items()}
+    return swap_in(model, wrappers, [p for w in wrappers.values() for p in w.adapter.parameters()])
 
 
 def add_prefix(model: nn.Module, n_prefix: int, *, generator: torch.Generator | None = None, std: float = 1.0) -> int:

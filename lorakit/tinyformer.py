@@ -18,9 +18,10 @@ holds one small enough to pretrain and adapt on a 2-core CPU in seconds:
   for GLUE); the body is adapted by the method under study.
 
 The pretrained weights are produced by :func:`pretrain` from a seed and stored in
-``data/tinyvit_fmnist.safetensors`` (about 0.3 MB). Regenerate them bit for bit with::
+``lorakit/assets/tinyvit_fmnist.safetensors`` (about 0.3 MB, package data, so an installed wheel
+has it too). Regenerate them bit for bit with::
 
-    python -m lorakit.tinyformer --out data/tinyvit_fmnist.safetensors
+    python -m lorakit.tinyformer --out lorakit/assets/tinyvit_fmnist.safetensors
 
 :func:`load_pretrained` loads the file if present, else trains and writes it.
 """
@@ -73,8 +74,8 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 #: Labels of the downstream task (Sandal, Shirt, Sneaker, Bag, Ankle boot), shown rotated by 90°.
 DOWNSTREAM_CLASSES = (5, 6, 7, 8, 9)
-#: The pretrained weight file, ``data/tinyvit_fmnist.safetensors`` in the repository.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "tinyvit_fmnist.safetensors"
+#: The pretrained weight file, ``lorakit/assets/tinyvit_fmnist.safetensors`` (package data).
+DEFAULT_WEIGHTS = Path(__file__).with_name("assets") / "tinyvit_fmnist.safetensors"
 _FORMAT = "lorakit-tinyvit/1"
 
 
@@ -583,7 +584,7 @@ def load_pretrained(path: str | os.PathLike | None = None, *, progress: bool = F
     """The pretrained TinyViT: load ``path`` if present, else pretrain (default recipe) and save it.
 
     Args:
-        path: the weight file (default :data:`DEFAULT_WEIGHTS`, ``data/tinyvit_fmnist.safetensors``).
+        path: the weight file (default :data:`DEFAULT_WEIGHTS`, ``lorakit/assets/tinyvit_fmnist.safetensors``).
         progress: show the pretraining progress bar when it has to train.
 
     Returns:
@@ -623,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ...         pass
         >>> "--out" in out.getvalue() and "--epochs" in out.getvalue()
         True
-        >>> main(["--out", "data/tinyvit_fmnist.safetensors"])  # pretrains on FashionMNIST  # doctest: +SKIP
+        >>> main(["--out", "lorakit/assets/tinyvit_fmnist.safetensors"])  # pretrains on FashionMNIST  # doctest: +SKIP
     """
     parser = argparse.ArgumentParser(description="Pretrain the Part IV TinyViT on FashionMNIST classes 0-4.")
     parser.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="output safetensors file")

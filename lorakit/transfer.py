@@ -4,7 +4,8 @@
 is trained on the first :data:`PRETRAIN_N` upright FashionMNIST training images with Adam
 (lr 1e-3, batch 128, :data:`PRETRAIN_EPOCHS` epochs, shuffled by a generator seeded with
 :data:`PRETRAIN_SEED`, one CPU thread). The weights are stored in
-``data/fashion_mlp_pretrained.safetensors`` (2.7 MB). :func:`pretrained_mlp` loads that
+``lorakit/assets/fashion_mlp_pretrained.safetensors`` (2.7 MB, package data, so an installed
+wheel has it too). :func:`pretrained_mlp` loads that
 file when it is present and otherwise trains and saves it. The command::
 
     python -m lorakit.transfer --check
@@ -76,13 +77,8 @@ PRETRAIN_EPOCHS = 3
 DOWNSTREAM_N_TRAIN = 5_000
 #: The layers LoRA adapts in Chapter 3, the two hidden layers (``0`` is 784→512, ``2`` is 512→512).
 LORA_TARGETS: tuple[str, ...] = ("0", "2")
-_REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-#: Where the pretrained weights live, the repository's ``data/`` folder in a checkout, else
-#: (an installed wheel, e.g. in Colab) the user cache ``~/.cache/lorakit``.
-PRETRAINED_PATH = (
-    _REPO_DATA if _REPO_DATA.is_dir() and (_REPO_DATA.parent / "pyproject.toml").is_file() else
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lorakit"
-) / "fashion_mlp_pretrained.safetensors"
+#: The pretrained weights, shipped inside the package (``lorakit/assets/``).
+PRETRAINED_PATH = Path(__file__).with_name("assets") / "fashion_mlp_pretrained.safetensors"
 
 _RECIPE = f"quickstart-mlp adam lr=1e-3 batch=128 epochs={PRETRAIN_EPOCHS} n={PRETRAIN_N} seed={PRETRAIN_SEED}"
 

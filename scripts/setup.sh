@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 LOCK=requirements/lock.txt
 TORCH_PIN=$(grep -E '^torch==' "$LOCK")
-APT_PACKAGES="r-base-core r-base-dev libopenblas0-pthread dataset-fashion-mnist chromium"
+APT_PACKAGES="r-base-core r-base-dev libopenblas0-pthread dataset-fashion-mnist chromium fonts-noto-color-emoji"
 say() { printf '[setup] %s\n' "$*"; }
 
 # 1. System packages (Debian/Ubuntu). Elsewhere, say exactly what is needed and stop.

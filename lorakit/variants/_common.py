@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ..inject import MatchMode, _matches, _set_submodule
+from ..inject import MatchMode, select_linears, swap_in
 from ..layer import LoRALinear
 
 __all__ = ["wrap_linears", "update_rank"]
@@ -23,7 +23,8 @@ def wrap_linears(
     """Replace the targeted ``nn.Linear`` layers by ``factory(layer)``, in place.
 
     The generalisation of :func:`lorakit.inject_lora` to any :class:`LoRALinear`
-    subclass. Every parameter of the model is frozen first; afterwards only the
+    subclass: the same choice of layers (:func:`lorakit.inject.select_linears`) and the
+    same swap (:func:`lorakit.inject.swap_in`), with ``factory`` in between. Every parameter of the model is frozen first; afterwards only the
     parameters the wrappers create (``A``, ``B``, and e.g. DoRA's magnitude) train.
     All wrappers are built before the model is touched, so an error changes nothing.
 
@@ -37,7 +38,7 @@ def wrap_linears(
         The qualified names of the wrapped layers, in model order.
 
     Raises:
-        ValueError: a target matches nothing, or ``match`` is unknown.
+        ValueError: a target matches nothing, ``match`` is unknown, or a layer already carries LoRA.
         TypeError: a matched module is not an ``nn.Linear``, or the factory does not
             return a ``LoRALinear``.
 
@@ -47,24 +48,7 @@ def wrap_linears(
         >>> wrap_linears(model, ["0", "2"], lambda lin: DoRALinear(lin, r=1), match="exact")
         ['0', '2']
     """
-    if match not in ("suffix", "exact", "regex"):
-        raise ValueError(f"match={match!r} is unknown: use 'suffix', 'exact' or 'regex'")
-    target_list = [targets] if isinstance(targets, str) else list(targets)
-    if not target_list:
-        raise ValueError("no targets given: pass layer names such as ['0', '2']")
-    modules = [(name, module) for name, module in model.named_modules() if name]
-    chosen: dict[str, nn.Module] = {}
-    for target in target_list:
-        hits = [(name, module) for name, module in modules if _matches(name, target, match)]
-        if not hits:
-            linear = [name for name, module in modules if isinstance(module, nn.Linear)]
-            raise ValueError(f"target {target!r} (match={match!r}) matches no module; its Linear layers are: {linear}")
-        chosen.update(hits)
-    for name, module in chosen.items():
-        if isinstance(module, LoRALinear):
-            raise ValueError(f"module {name!r} already carries LoRA; merge or unload it first")
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"target matched {name!r}, a {type(module).__name__}; name nn.Linear layers only")
+    chosen = select_linears(model, targets, match)
     # Factories such as PiSSA rewrite the base weight: build them on copies, swap in only when all succeeded.
     originals = {name: module.weight.detach().clone() for name, module in chosen.items()}
     wrappers: dict[str, LoRALinear] = {}
@@ -79,15 +63,9 @@ def wrap_linears(
             for name, module in chosen.items():
                 module.weight.copy_(originals[name])
         raise
-    trainable = [[p for p in w.parameters(recurse=False) if p.requires_grad] for w in wrappers.values()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, wrapper in wrappers.items():
-        _set_submodule(model, name, wrapper)
-    for params in trainable:
-        for p in params:
-            p.requires_grad_(True)
-    return list(wrappers)
+    # The wrapper's own trainable parameters (A, B, DoRA's m, AdaLoRA's E), not its frozen base's.
+    trainable = [p for w in wrappers.values() for p in w.parameters(recurse=False) if p.requires_grad]
+    return swap_in(model, wrappers, trainable)
 
 
 def update_rank(delta: torch.Tensor, rtol: float = 1e-3) -> int:

@@ -161,7 +161,8 @@ def prepare_variant(
         opt = torch.optim.Adam(trainables(), lr=lr)
         if method == "relora":
             every = max(total_steps // 5, 1)
-            ReLoRA(model, opt, reset_every=every, warmup_steps=min(10, every - 1), prune_ratio=0.99)
+            ReLoRA(model, opt, reset_every=every, warmup_steps=min(10, every - 1), prune_ratio=0.99,
+                   seed=int(torch.randint(2**31, ())))  # from run_variant's seeded stream: reproducible alone
             return opt, ce, f"restart every {every} steps"
         return opt, ce, ("scaling alpha/sqrt(r)" if method == "rslora" else "scaling alpha/r")
     if method == "dora":

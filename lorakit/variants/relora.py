@@ -30,6 +30,9 @@ class ReLoRA:
         prune_ratio: fraction of the optimizer-state entries of ``A``/``B`` zeroed at a restart,
             in ``[0, 1]`` (the paper uses 0.99; 1 = full reset). The entries with the smallest
             first moment are dropped, in every moment alike.
+        seed: if given, every restart redraws ``A`` from a private generator seeded with it, so a
+            run is reproducible on its own and torch's global random state is left alone; if
+            ``None``, from torch's global generator.
 
     Attributes:
         restarts: restarts done so far.
@@ -54,6 +57,7 @@ class ReLoRA:
         *,
         warmup_steps: int = 0,
         prune_ratio: float = 0.99,
+        seed: int | None = None,
     ) -> None:
         self.layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
         if not self.layers:
@@ -67,6 +71,7 @@ class ReLoRA:
         self.optimizer, self.reset_every = optimizer, reset_every
         self.warmup_steps, self.prune_ratio = warmup_steps, prune_ratio
         self.peak_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
         self.steps = 0
         self.restarts = 0
         optimizer.register_step_post_hook(lambda *_: self._after_step())
@@ -88,7 +93,12 @@ class ReLoRA:
             if not torch.isfinite(merged).all():
                 raise ValueError("merging the adapter would put NaN/Inf into the base weight; lower the learning rate")
             weight.copy_(merged)
-            layer.reset_lora_parameters()
+            if self.generator is None:
+                layer.reset_lora_parameters()
+            else:  # draw from our own stream, leaving the global one as it was
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(torch.randint(2**62, (), generator=self.generator)))
+                    layer.reset_lora_parameters()
             for p in (layer.A, layer.B):
                 self._prune_state(p)
         self.restarts += 1
