@@ -140,7 +140,7 @@ def quantize_nf4(
     blocks = F.pad(flat, (0, pad)).view(-1, block_size)
     absmax = blocks.abs().amax(dim=1)
     safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    table = nf4_table()
+    table = nf4_table().to(flat.device)
     midpoints = (table[1:] + table[:-1]) / 2
     idx = torch.bucketize(blocks / safe.unsqueeze(1), midpoints).to(torch.uint8).flatten()
     codes = (idx[0::2] << 4) | idx[1::2]
@@ -167,7 +167,7 @@ def dequantize_nf4(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
     if not isinstance(q, NF4Tensor):
         raise TypeError(f"expected an NF4Tensor from quantize_nf4, got {type(q).__name__}")
     idx = torch.stack([q.codes >> 4, q.codes & 0x0F], dim=1).flatten().long()
-    values = nf4_table()[idx].view(-1, q.block_size) * q.block_absmax().unsqueeze(1)
+    values = nf4_table().to(idx.device)[idx].view(-1, q.block_size) * q.block_absmax().unsqueeze(1)
     n = torch.Size(q.shape).numel()
     return values.flatten()[:n].view(q.shape).to(dtype)
 
@@ -175,9 +175,10 @@ def dequantize_nf4(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
 class NF4Linear(nn.Module):
     """A frozen Linear whose weight is stored in NF4 and dequantised on every forward pass.
 
-    A CPU teaching implementation: the packed codes live in ``self.quantized`` (an
-    :class:`NF4Tensor`), not in registered buffers, so ``.to(device)`` and ``state_dict()``
-    do not carry them. Save the fp32 weights (or the adapter) instead.
+    A teaching implementation: the packed codes live in ``self.quantized`` (an
+    :class:`NF4Tensor`) on the device of the weight it quantised, not in registered buffers, so
+    ``.to(device)`` and ``state_dict()`` do not carry them: move the ``nn.Linear`` to its device
+    first, then quantise. Save the fp32 weights (or the adapter) instead.
 
     Args:
         linear: the layer to quantise (its weight is copied into NF4; the bias stays fp32, frozen).
