@@ -56,7 +56,7 @@ class _FusedLoRALinear(torch.autograd.Function):
     the base output, and in the backward pass sums two ``tokens × in`` input gradients: two extra
     passes over the largest tensors of the layer. Here the small GEMM adds straight into the big
     GEMM's result (BLAS ``beta = 1``), in both directions; the products are the same ones autograd
-    computes. Used by :meth:`LoRALinear.forward` whenever it applies (see ``_fusable``).
+    computes. Used by :meth:`LoRALinear.forward` when it applies and pays (see ``_fusable``).
     """
 
     @staticmethod
@@ -82,6 +82,12 @@ class _FusedLoRALinear(torch.autograd.Function):
         if ctx.needs_input_grad[4]:
             dB = torch.mm(h.t(), g).t()  # laid out like B (the transpose of a row-major r × out)
         return dx, None, None, dA, dB, None
+
+
+#: Fuse only when gradients are being recorded and the layer's output has at least this many entries:
+#: below it, a custom autograd function's fixed cost (tens of µs on this book's CPU) outweighs the memory
+#: passes it saves; the break-even measured here was near 256 tokens × 64 outputs (2**14).
+FUSE_MIN_OUTPUT_ELEMENTS = 1 << 15
 
 
 def _autocast_on(x: torch.Tensor) -> bool:
@@ -194,7 +200,8 @@ class LoRALinear(nn.Module):
             return self.base(x)
         if self._fusable(x):
             return _FusedLoRALinear.apply(x, self.base.weight, self.base.bias, self.A, self.B, self.scaling)
-        # The general path (dropout while training, a trainable or non-Linear base, mixed dtypes, autocast).
+        # The general path (no grad, small inputs, dropout while training, a trainable or non-Linear base,
+        # mixed dtypes, autocast).
         # Scale the (tokens × r) intermediate rather than the (tokens × out) result: r is the small side.
         h = F.linear(self.dropout(x), self.A) * self.scaling
         return self.base(x) + F.linear(h, self.B)
@@ -202,7 +209,9 @@ class LoRALinear(nn.Module):
     def _fusable(self, x: torch.Tensor) -> bool:
         base = self.base
         return (
-            type(base) is nn.Linear  # exactly: a subclass or a quantised base may compute differently
+            torch.is_grad_enabled()  # inference: the plain expression, no custom-function overhead
+            and x.numel() // max(x.shape[-1], 1) * base.out_features >= FUSE_MIN_OUTPUT_ELEMENTS
+            and type(base) is nn.Linear  # exactly: a subclass or a quantised base may compute differently
             and not base._forward_hooks and not base._forward_pre_hooks
             and not (self.training and isinstance(self.dropout, nn.Dropout))
             and not base.weight.requires_grad

@@ -23,7 +23,8 @@ def mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10)).to(CUDA)
 
 
-def test_fused_layer_on_cuda_matches_plain_autograd() -> None:
+def test_fused_layer_on_cuda_matches_plain_autograd(monkeypatch) -> None:
+    monkeypatch.setattr(lk.layer, "FUSE_MIN_OUTPUT_ELEMENTS", 0)  # fuse this small layer too
     torch.manual_seed(0)
     layer = lk.LoRALinear(nn.Linear(64, 48).to(CUDA).double(), r=4, alpha=8)
     with torch.no_grad():

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lorakit import LoRALinear
+from lorakit import layer as layer_module
 
 # merged == unmerged: one float32 rounding of W + ΔW per entry, accumulated over `in` terms.
 MERGE_ATOL = 1e-5
@@ -198,9 +199,15 @@ def reference_step(layer, x, grad_out):
     return y.detach(), xr.grad, A.grad, B.grad
 
 
+@pytest.fixture
+def always_fuse(monkeypatch):
+    """Fuse even the tiny layers of these tests (the real threshold skips small inputs)."""
+    monkeypatch.setattr(layer_module, "FUSE_MIN_OUTPUT_ELEMENTS", 0)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(7, 16), (3, 5, 16), (16,)])
-def test_fused_path_matches_plain_autograd(bias, shape):
+def test_fused_path_matches_plain_autograd(always_fuse, bias, shape):
     torch.manual_seed(1)
     layer = trained(LoRALinear(nn.Linear(16, 12, bias=bias).double(), r=3, alpha=5.0))
     assert layer._fusable(torch.zeros(2, 16, dtype=torch.float64))
@@ -216,7 +223,7 @@ def test_fused_path_matches_plain_autograd(bias, shape):
     assert layer.base.weight.grad is None
 
 
-def test_fused_path_computes_only_the_gradients_asked_for():
+def test_fused_path_computes_only_the_gradients_asked_for(always_fuse):
     layer = trained(make_layer())
     layer.A.requires_grad_(False)  # e.g. LoRA-FA: A frozen
     x = torch.randn(4, 16)  # an input that needs no gradient (the first layer)
@@ -226,7 +233,7 @@ def test_fused_path_computes_only_the_gradients_asked_for():
         assert torch.allclose(layer(x), layer.base(x) + layer.scaling * x @ layer.A.t() @ layer.B.t(), atol=1e-6)
 
 
-def test_general_path_where_fusing_does_not_apply():
+def test_general_path_where_fusing_does_not_apply(always_fuse):
     layer = trained(make_layer(dropout=0.5))
     x = torch.randn(4, 16)
     assert not layer._fusable(x)  # dropout in training: the branch sees a dropped-out x
@@ -237,3 +244,11 @@ def test_general_path_where_fusing_does_not_apply():
     layer(x).sum().backward()
     assert layer.base.weight.grad is not None
     assert not layer._fusable(torch.randn(4, 16, dtype=torch.float64))  # mixed dtypes: let torch promote or refuse
+
+
+def test_fusing_only_pays_for_large_inputs_with_gradients():
+    layer = LoRALinear(nn.Linear(64, 64), r=4)
+    small, large = torch.randn(8, 64), torch.randn(layer_module.FUSE_MIN_OUTPUT_ELEMENTS // 64, 64)
+    assert not layer._fusable(small) and layer._fusable(large)
+    with torch.no_grad():
+        assert not layer._fusable(large)  # inference: no custom-function overhead
