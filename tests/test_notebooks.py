@@ -120,6 +120,27 @@ ECOSYSTEM_IMPORTS = re.compile(
     r"|(?:import|from)\s+lorakit\.bench\b)", re.M)
 
 
+def test_exercises_have_hidden_solutions(nb: Any) -> None:
+    """Solutions sit in one closed <details class="solution"> block after the exercise list.
+
+    Blank lines around the inner text let both MyST (the website) and Jupyter/Colab parse it as
+    Markdown; every "**Exercise N.**" must name an exercise of the list.
+    """
+    cell = nb.cells[-1]
+    text = cell.source[cell.source.index("## Exercises"):] if "## Exercises" in cell.source else ""
+    assert text, f"{nb.path.name}: the last cell must hold '## Exercises'"
+    exercises, _, solutions = text.partition('<details class="solution">')
+    numbers = {int(n) for n in re.findall(r"^(\d+)\. ", exercises, re.M)}
+    assert numbers, f"{nb.path.name}: the exercises must be a numbered list"
+    assert solutions, f"{nb.path.name}: add the solutions in a <details class=\"solution\"> block after the list"
+    assert solutions.lstrip().startswith("<summary>Solutions</summary>\n\n"), (
+        f"{nb.path.name}: '<summary>Solutions</summary>' then a blank line must open the block")
+    assert solutions.rstrip().endswith("\n\n</details>"), f"{nb.path.name}: end the block with a blank line and </details>"
+    solved = [int(n) for n in re.findall(r"^\*\*Exercise (\d+)\.\*\*", solutions, re.M)]
+    assert solved and set(solved) <= numbers and solved == sorted(set(solved)), (
+        f"{nb.path.name}: solutions {solved} must name exercises of the list {sorted(numbers)}, once each, in order")
+
+
 def test_first_code_cell_is_the_colab_setup_cell(nb: Any) -> None:
     first = code_cells(nb)[0]
     needs_ecosystem = any(ECOSYSTEM_IMPORTS.search(c.source) for c in code_cells(nb)[1:])

@@ -420,3 +420,63 @@ def test_chapter_pages_have_colab_and_download_buttons(site: Path) -> None:
         colab = f"https://colab.research.google.com/github/{repo.group(1)}/blob/main/notebooks/{page.stem}.ipynb"
         assert colab in html, f"{page.name}: no Colab launch button pointing at {colab}"
         assert f"_sources/notebooks/{page.stem}.ipynb" in html, f"{page.name}: no .ipynb download button"
+
+
+# --------------------------------------------------------------------------------------------
+# The checks catch what they are for: a page broken on purpose fails the build and the browser check.
+# --------------------------------------------------------------------------------------------
+BROKEN_PAGE = """# Broken on purpose
+
+A reference to a missing label, {ref}`no-such-label`; a citation of a missing key, {cite}`no_such_key_2099`;
+a formula with a TeX error, $\\frac{1}{$; and one that is fine, $x^2$.
+"""
+
+
+@pytest.fixture(scope="session")
+def broken_book(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The book's own configuration around one broken page, built with warnings as errors."""
+    book = tmp_path_factory.mktemp("broken")
+    shutil.copy(ROOT / "_config.yml", book / "_config.yml")
+    (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
+    (book / "book").mkdir()
+    (book / "book" / "intro.md").write_text(BROKEN_PAGE)
+    (book / "book" / "references.bib").symlink_to(ROOT / "book" / "references.bib")
+    (book / "book" / "_ext").symlink_to(ROOT / "book" / "_ext")
+    (book / "_vendor").symlink_to(ROOT / "_vendor")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", str(book), "--path-output", str(book), "--all", "-W", "-n", "--keep-going"],
+                          capture_output=True, text=True, cwd=book)
+    return proc, book / "_build" / "html"
+
+
+def test_warnings_as_errors_build_fails_on_a_broken_reference_and_citation(broken_book) -> None:
+    proc, _ = broken_book
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"the broken page built without an error:\n{log[-2000:]}"
+    assert "no-such-label" in log, f"no warning for the missing label:\n{log[-2000:]}"
+    assert "no_such_key_2099" in log, f"no warning for the missing citation:\n{log[-2000:]}"
+
+
+def test_browser_check_catches_an_unrendered_formula(broken_book) -> None:
+    _, html = broken_book
+    page = html / "book" / "intro.html"
+    assert page.exists(), "--keep-going should still write the broken page"
+    binary = chromium_binary()
+    if binary is None:
+        pytest.fail("Chromium is needed for the browser test: run 'make setup' (it installs 'chromium')")
+    handler = functools.partial(QuietHandler, directory=str(html))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    browser = Browser(binary, profile)
+    try:
+        browser.open(f"http://127.0.0.1:{httpd.server_address[1]}/book/intro.html")
+        result = browser.evaluate(PAGE_CHECK_JS)
+    finally:
+        browser.close()
+        shutil.rmtree(profile, ignore_errors=True)
+        httpd.shutdown()
+        httpd.server_close()
+    assert result["mathCount"] == 2, result
+    assert result["errors"] or result["unrendered"] or result["rawTex"], (
+        f"the page check missed the broken formula: {result}")
