@@ -32,8 +32,9 @@ book: setup
 test: setup pytest nbval build-check site-check colab-check
 
 # The browser test needs the built site: it runs in site-check, after build-check built it once.
+# lorakit's unit tests, and every "Example:" in its docstrings run as a doctest.
 pytest:
-	$(PY) -m pytest -q tests --ignore=tests/test_site.py --ignore=tests/test_colab.py
+	$(PY) -m pytest -q tests --ignore=tests/test_site.py --ignore=tests/test_colab.py --doctest-modules lorakit
 
 nbval:
 	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env \

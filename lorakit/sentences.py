@@ -86,7 +86,7 @@ def build(seed: int = 0, test_fraction: float = 0.3) -> list[tuple[str, int, str
 
 
 def to_csv(rows: Sequence[tuple[str, int, str, str]]) -> str:
-    """The rows as CSV text with a header line (``\\r\\n`` line ends, as :mod:`csv` writes).
+    """The rows as CSV text with a header line (``\\r\\n`` line ends, as the ``csv`` module writes).
 
     Example:
         >>> to_csv([("the food was good.", 1, "plain", "train")]).splitlines()
@@ -121,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lorakit.sentences [--check]``: rebuild :data:`SENTENCES_PATH`, or check it.
 
     Returns the exit status (1 when ``--check`` finds the file differs from :func:`build`).
+
+    Example:
+        >>> main(["--check"])  # doctest: +ELLIPSIS
+        /.../lorakit/assets/sentences.csv: matches the templates
+        0
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args not in ([], ["--check"]):
