@@ -55,6 +55,22 @@ def _names(names: str | Iterable[str]) -> list[str]:
     return out
 
 
+def _named_parameters(model: nn.Module, names: str | Iterable[str]) -> tuple[dict[str, nn.Parameter], set[str]]:
+    """All of ``model``'s parameters by name, and those that ``names`` pick (a name or its submodules).
+
+    Raises ``ValueError`` (before anything changes) if a name matches no parameter.
+    """
+    wanted = _names(names)
+    params = dict(model.named_parameters())
+    for name in wanted:
+        if not any(p == name or p.startswith(name + ".") for p in params):
+            raise ValueError(
+                f"{name!r} matches no parameter of the model; parameter names start with: "
+                f"{sorted({p.split('.')[0] for p in params})}"
+            )
+    return params, {p for p in params if any(p == n or p.startswith(n + ".") for n in wanted)}
+
+
 def train_only(model: nn.Module, names: str | Iterable[str] = (), *, biases: bool = False) -> int:
     """Freeze every parameter of ``model``, then unfreeze the chosen ones; return how many train.
 
@@ -76,17 +92,10 @@ def train_only(model: nn.Module, names: str | Iterable[str] = (), *, biases: boo
         >>> train_only(model, "1")
         10
     """
-    wanted = _names(names)
-    params = dict(model.named_parameters())
-    for name in wanted:
-        if not any(p == name or p.startswith(name + ".") for p in params):
-            raise ValueError(
-                f"{name!r} matches no parameter of the model; parameter names start with: "
-                f"{sorted({p.split('.')[0] for p in params})}"
-            )
+    params, named = _named_parameters(model, names)
     total = 0
     for pname, p in params.items():
-        train = any(pname == n or pname.startswith(n + ".") for n in wanted) or (
+        train = pname in named or (
             biases and pname.rsplit(".", 1)[-1] == "bias"
         )
         p.requires_grad_(train)
@@ -113,16 +122,9 @@ def unfreeze(model: nn.Module, names: str | Iterable[str]) -> int:
         >>> unfreeze(model, "1")
         30
     """
-    wanted = _names(names)
-    params = dict(model.named_parameters())
-    for name in wanted:
-        if not any(p == name or p.startswith(name + ".") for p in params):
-            raise ValueError(
-                f"{name!r} matches no parameter of the model; parameter names start with: "
-                f"{sorted({p.split('.')[0] for p in params})}"
-            )
+    params, named = _named_parameters(model, names)
     for pname, p in params.items():
-        if any(pname == n or pname.startswith(n + ".") for n in wanted):
+        if pname in named:
             p.requires_grad_(True)
     return sum(p.numel() for p in params.values() if p.requires_grad)
 
