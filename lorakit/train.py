@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["History", "fit", "batch_indices"]
+__all__ = ["History", "fit", "batch_indices", "accuracy"]
 
 Sampling = Literal["shuffle", "sequential", "random_subsets"]
 
@@ -135,3 +135,36 @@ def fit(
             postfix.update({key: f"{value:.4g}" for key, value in metrics.items()})
         bar.set_postfix(postfix, refresh=False)
     return history
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
+    """The fraction of ``X``'s rows whose arg-max logit equals ``y`` (Chapter 2).
+
+    The model runs in eval mode (its mode is restored afterwards) and without gradients: evaluation
+    records no autograd graph.
+
+    Args:
+        model: maps ``(n, ...)`` inputs to ``(n, classes)`` logits.
+        X: ``(N, ...)`` inputs; y: ``(N,)`` int labels.
+        batch_size: rows per forward pass (only memory depends on it).
+
+    Example:
+        >>> model = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.eye(2)); _ = model.bias.zero_()
+        >>> accuracy(model, torch.tensor([[1., 0.], [0., 1.], [1., 0.]]), torch.tensor([0, 1, 1]))
+        0.6666666666666666
+    """
+    if len(X) != len(y) or len(X) == 0:
+        raise ValueError(f"X has {len(X)} rows and y has {len(y)}; they must match and be non-empty")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for start in range(0, len(X), batch_size):
+            logits = model(X[start : start + batch_size])
+            correct += int((logits.argmax(dim=-1) == y[start : start + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(X)
