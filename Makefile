@@ -8,11 +8,12 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
-# MKL's results can depend on memory alignment, so a rerun may differ in the last bits; strict
-# conditional numerical reproducibility removes that at ~2% cost (measured on this CPU).
-export MKL_CBWR := AUTO,STRICT
+# The pinned CPU numerics (why each variable is there: see the file). Every target below, and so
+# every notebook kernel, test and results check, runs with them.
+include scripts/numerics.env
 
-.PHONY: setup book test pytest nbval build-check site-check colab-check notebooks bench lock clean help
+.PHONY: setup book test pytest numerics-check nbval build-check site-check colab-check notebooks \
+	solution-checks bench lock clean help
 
 help:
 	@echo "make book       set up, then build the site into _build/html"
@@ -20,6 +21,7 @@ help:
 	@echo "                the offline browser check of that build, and every notebook in a simulated Colab"
 	@echo "make colab-check  only the simulated Colab run (bare venv, lorakit from a wheel, downloaded data)"
 	@echo "make notebooks  re-execute the notebooks in place (regenerates stored outputs)"
+	@echo "make solution-checks  print every number the exercise solutions quote (NB=01 for one)"
 	@echo "make bench      benchmark LoRA vs full fine-tuning vs peft (JSON report in bench-results/)"
 	@echo "make lock       re-resolve requirements/requirements.in into requirements/lock.txt"
 
@@ -29,14 +31,22 @@ setup:
 book: setup
 	$(JB) build . --path-output . --all
 
-test: setup pytest nbval build-check site-check colab-check
+# Every stage runs even after one fails; the summary at the end lists them all.
+TEST_STAGES := pytest nbval build-check site-check colab-check
+test: setup
+	@bash scripts/run_stages.sh $(TEST_STAGES)
 
 # The browser test needs the built site: it runs in site-check, after build-check built it once.
 # lorakit's unit tests, and every "Example:" in its docstrings run as a doctest.
 pytest:
 	$(PY) -m pytest -q tests --ignore=tests/test_site.py --ignore=tests/test_colab.py --doctest-modules lorakit
 
-nbval:
+# Fails in seconds, with the reason, if a kernel would run without the pinned numerics; on a CPU
+# that cannot run them (not x86-64, or no AVX2) it says in one line why numbers may differ.
+numerics-check:
+	@$(PY) scripts/check_numerics.py
+
+nbval: numerics-check
 	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg $(NOTEBOOKS)
 
@@ -54,6 +64,10 @@ colab-check: setup
 
 notebooks: setup
 	$(PY) scripts/execute_notebooks.py $(if $(NB),$(NB),$(NOTEBOOKS))
+
+solution-checks: setup
+	for script in scripts/solution_checks/$(if $(NB),$(NB),[0-9][0-9])_check.py; do \
+	  echo "== $$script"; $(PY) $$script; done
 
 bench: setup
 	$(PY) -m lorakit.bench

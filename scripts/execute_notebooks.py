@@ -1,8 +1,9 @@
 """Re-execute notebooks in place: the project's one way to regenerate stored outputs.
 
-For each notebook: run it top to bottom in a fresh kernel (the venv's Python), merge
-stream fragments (rpy2 and tqdm write many), save the widget state so
-the static site can show widgets, and record the run time in book/status.md.
+For each notebook: run it top to bottom in a fresh kernel (the venv's Python) under the pinned
+CPU numerics of scripts/numerics.env, merge stream fragments (rpy2 and tqdm write many), save
+the widget state so the static site can show widgets, give every progress bar the text of its
+final state, and record the run time in book/status.md.
 
 Usage: python scripts/execute_notebooks.py notebooks/01_minimal_lora.ipynb [...]
 """
@@ -10,6 +11,7 @@ Usage: python scripts/execute_notebooks.py notebooks/01_minimal_lora.ipynb [...]
 from __future__ import annotations
 
 import fcntl
+import html
 import json
 import os
 import sys
@@ -21,10 +23,47 @@ from nbclient import NotebookClient
 # nbval merges streams this way before comparing; storing them merged the same way keeps diffs honest.
 from nbval.plugin import coalesce_streams
 
+import check_numerics
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = ROOT / "book" / "execution_times.json"
 STATUS = ROOT / "book" / "status.md"
 BUDGET_S = 120
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def final_progress_text(model_id: str, state: dict) -> str | None:
+    """The text tqdm would print for the progress-bar widget ``model_id`` in its final state.
+
+    A notebook stores, beside the widget, the text a viewer without widgets shows (GitHub, a
+    text export, nbval). The kernel sends that text when the bar first appears ("0/40 0%");
+    the widget state saved at the end holds the finished bar, so rebuild its text from that.
+    """
+    box = state.get(model_id, {})
+    children = [c.removeprefix("IPY_MODEL_") for c in box.get("state", {}).get("children", [])]
+    if box.get("model_name") != "HBoxModel" or len(children) != 3:
+        return None
+    left, bar, right = (state.get(c, {}) for c in children)
+    if bar.get("model_name") != "FloatProgressModel":
+        return None
+    value, total = bar["state"].get("value", 0), bar["state"].get("max") or 0
+    filled = round(10 * value / total) if total else 0
+
+    def text(model: dict) -> str:  # tqdm writes figure spaces and HTML entities into its labels
+        return html.unescape(model.get("state", {}).get("value", "")).replace("\u2007", " ")
+
+    return f"{text(left)}|{'█' * filled}{' ' * (10 - filled)}|{text(right)}"
+
+
+def store_final_progress_text(nb) -> None:
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            final = view and final_progress_text(view["model_id"], state)
+            if final:
+                output["data"]["text/plain"] = final
 
 
 def execute(path: Path) -> float:
@@ -40,6 +79,7 @@ def execute(path: Path) -> float:
         if cell.cell_type == "code":
             cell.outputs = coalesce_streams(cell.outputs)
             cell.metadata.pop("execution", None)
+    store_final_progress_text(nb)
     nbformat.write(nb, path)
     return elapsed
 
@@ -73,6 +113,9 @@ def record_time(name: str, seconds: float) -> None:
 
 def main(paths: list[str]) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.update(check_numerics.pinned())  # the kernels inherit it: outputs are stored pinned
+    if check_numerics.main(["--quiet"]) != 0:
+        sys.exit(1)
     for name in paths:
         path = Path(name).resolve()
         print(f"executing {path.relative_to(ROOT)} ...", flush=True)
