@@ -537,7 +537,7 @@ def lesson(
         'A and B are within noise: −0.3 ± 5.2 points (95 % CI, 3 seeds)'
         >>> lesson("A", [0.31, 0.30, 0.32], "B", [0.25, 0.26, 0.25], unit="loss", scale=1, decimals=3,
         ...        higher_is_better=False)
-        'A is worse than B by 0.057 ± 0.014 loss (95 % CI, 3 seeds)'
+        'A is worse than B by 0.057 ± 0.038 loss (95 % CI, 3 seeds)'
     """
     d = paired_difference(a, b, higher_is_better=higher_is_better, level=level)
     how = verdict(d)
