@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import hashlib
 import importlib
 import itertools
 import json
@@ -184,8 +186,7 @@ class Experiment:
                 "settings": _jsonable(dict(self.settings), "settings"), "grid": self._grid_json()}
 
     def config_hash(self) -> str:
-        import hashlib
-
+        """``sha256:`` of the canonical JSON of :meth:`describe`: what a results file must match."""
         return "sha256:" + hashlib.sha256(_canonical(self.describe()).encode()).hexdigest()
 
 
@@ -220,7 +221,7 @@ def _entry(experiment: Experiment) -> str:
         return experiment.entry
     module = sys.modules.get(getattr(experiment.run, "__module__", "") or "")
     for attr, value in (vars(module).items() if module else ()):
-        if value is experiment:
+        if value is experiment and module.__name__ != "__main__":
             return f"{module.__name__}:{attr}"
     raise ValueError(f"cannot tell where experiment {experiment.name!r} is defined: make it a global of the "
                      f"module of its run function, or pass entry='package.module:ATTR'")
@@ -407,6 +408,9 @@ def _call(run: Callable[[dict], Mapping[str, Any]], config: dict) -> tuple[dict,
     torch.set_num_threads(1)
     try:
         result = run(dict(config))
+    except Exception as exc:
+        raise RuntimeError(f"run({config}) failed: {type(exc).__name__}: {exc}. The runs finished before it are "
+                           "stored: fix the cause and rerun the same command to resume") from exc
     finally:
         torch.set_num_threads(threads)
     if not isinstance(result, Mapping):
@@ -419,14 +423,19 @@ def _single_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError("--scheduler needs Dask: pip install \"lorakit[cluster]\" "
+                          "(dask[distributed]); without it, run locally with --workers N") from None
+    return distributed
+
+
 def _execute(run: Callable, configs: list[dict], workers: int, scheduler: str | None) -> Iterator[tuple[int, tuple]]:
     """Yield ``(index, (result, numerics))`` as runs finish, in one process, a pool, or on Dask."""
     if scheduler is not None:
-        try:
-            import distributed
-        except ImportError:
-            raise ImportError("--scheduler needs Dask: pip install \"lorakit[cluster]\" "
-                              "(dask[distributed]); without it, run locally with --workers N") from None
+        distributed = _distributed()
         client = distributed.Client(scheduler)
         futures = {client.submit(_call, run, config, pure=False): i for i, config in enumerate(configs)}
         try:
@@ -514,6 +523,8 @@ def run_experiment(
         raise ValueError(f"workers={workers!r} must be a positive int")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit={limit!r} must be a non-negative int or None")
+    if scheduler is not None:
+        _distributed()  # fail before touching the file
     path = Path(path) if path is not None else Path(directory) / f"{experiment.name}.jsonl"
     points = experiment.points()
     if path.exists():
@@ -547,8 +558,9 @@ def run_experiment(
     bar = tqdm(total=len(todo), desc=experiment.name, unit="run", disable=not progress,
                postfix={"stored": len(done)})
     try:
-        with open(path, "a", encoding="utf-8") as out:
-            for i, (result, worker_numerics) in _execute(experiment.run, configs, workers, scheduler):
+        with open(path, "a", encoding="utf-8") as out, \
+                contextlib.closing(_execute(experiment.run, configs, workers, scheduler)) as finished:
+            for i, (result, worker_numerics) in finished:
                 if worker_numerics != header["numerics"]:
                     raise ValueError(f"a worker has numerics {worker_numerics}, the file {path} is pinned to "
                                      f"{header['numerics']}: give the workers the same environment")

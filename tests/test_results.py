@@ -96,7 +96,7 @@ def test_resumes_after_an_interrupted_run(tmp_path: Path) -> None:
     global FAIL_AT
     clean = _run(tmp_path / "clean").read_bytes()
     FAIL_AT = {"seed": 1, "lr": 0.1}
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RuntimeError, match=r"simulated crash.*rerun the same command to resume"):
         _run(tmp_path)
     path = tmp_path / "demo.jsonl"
     assert len(path.read_text().splitlines()) == 1 + 3  # the three points before the crash
@@ -233,6 +233,7 @@ def test_scheduler_without_dask_says_how_to_install(tmp_path: Path, monkeypatch:
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"lorakit\[cluster\]"):
         _run(tmp_path, scheduler="tcp://127.0.0.1:1")
+    assert not (tmp_path / "demo.jsonl").exists()  # refused before the file was created
 
 
 def test_dask_local_cluster_writes_the_same_file(tmp_path: Path) -> None:
