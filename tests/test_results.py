@@ -143,6 +143,25 @@ def test_resuming_under_other_numerics_is_refused(tmp_path: Path, monkeypatch: p
         _run(tmp_path)
 
 
+def test_a_worker_with_other_numerics_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _run(tmp_path, limit=2)
+    call = results._call
+    monkeypatch.setattr(results, "_call", lambda run, config: (call(run, config)[0], {"torch": "other"}))
+    with pytest.raises(ValueError, match="a worker has numerics"):
+        _run(tmp_path)
+    assert len(load(path).entries) == 2  # its result was not stored
+
+
+def test_a_crash_in_a_pool_worker_keeps_the_finished_runs(tmp_path: Path) -> None:
+    global FAIL_AT
+    FAIL_AT = {"seed": 2, "lr": 0.1}  # the last point: the pool has finished others by then
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path, workers=2)
+    FAIL_AT = None
+    path = _run(tmp_path, workers=2)
+    assert load(path, DEMO).complete and path.read_bytes() == _run(tmp_path / "one").read_bytes()
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
