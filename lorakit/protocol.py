@@ -405,9 +405,11 @@ class Summary:
 
     Attributes:
         values: the per-seed values, in order.
-        n: number of seeds; mean; sd: sample standard deviation (``n - 1`` in the denominator).
-        level: the interval's coverage (0.95); half_width: ``t(1 - (1 - level)/2, n - 1) · sd / √n``.
-        lo, hi: the interval ``mean ± half_width``.
+        n: the number of seeds.
+        mean: their mean.
+        sd: their sample standard deviation (``n - 1`` in the denominator).
+        level: the interval's coverage (0.95).
+        half_width: ``t(1 - (1 - level)/2, n - 1) · sd / √n``; the interval is ``[lo, hi] = mean ± half_width``.
 
     Example:
         >>> s = summarize([1.0, 2.0, 3.0])
