@@ -741,14 +741,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="python -m lorakit.results", description="Stored results: run, verify.")
     parser.add_argument("--dir", default=DEFAULT_DIR, help="the results folder (default: results)")
+    folder = argparse.ArgumentParser(add_help=False)  # --dir also after the command
+    folder.add_argument("--dir", default=argparse.SUPPRESS, help="the results folder (default: results)")
     commands = parser.add_subparsers(dest="command", required=True)
-    run_p = commands.add_parser("run", help="run (or resume) an experiment into its results file")
+    run_p = commands.add_parser("run", parents=[folder], help="run (or resume) an experiment into its results file")
     run_p.add_argument("target", help="package.module:EXPERIMENT, or the NAME of an existing results file")
     run_p.add_argument("--workers", type=int, default=None, help="local processes (default: every core)")
     run_p.add_argument("--scheduler", default=None, help="a Dask scheduler address, e.g. tcp://host:8786")
     run_p.add_argument("--limit", type=int, default=None, help="run at most this many missing points")
     run_p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ver_p = commands.add_parser("verify", help="re-run a sample of stored entries and compare")
+    ver_p = commands.add_parser("verify", parents=[folder], help="re-run a sample of stored entries and compare")
     ver_p.add_argument("targets", nargs="*", help="NAMEs or .jsonl files (or --all)")
     ver_p.add_argument("--all", action="store_true", help="every *.jsonl in the results folder")
     ver_p.add_argument("--sample", type=int, default=3, help="entries re-run per file (default: 3)")

@@ -229,7 +229,7 @@ def test_cli_run_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert results.main(base + ["run", "test_results:DEMO", "--workers", "1", "--no-progress", "--limit", "4"]) == 0
     assert results.main(base + ["run", "demo", "--workers", "1", "--no-progress"]) == 0  # by name, resumed
     assert "6 of 6 points stored" in capsys.readouterr().out
-    assert results.main(base + ["verify", "--all", "--sample", "2"]) == 0
+    assert results.main(["verify", "--all", "--sample", "2", "--dir", str(tmp_path)]) == 0  # --dir after, too
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("verify: 1 results files, 2 entries re-run, all reproduce (")
     path = tmp_path / "demo.jsonl"
