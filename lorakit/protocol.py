@@ -214,7 +214,7 @@ def make_split(n: int, *, val: float | int = 0.2, test: float | int = 0.2, seed:
 
 @dataclass(frozen=True)
 class Choice:
-    """The result of :func:`tune`: the declared grid, each setting's validation score, the choice.
+    """The result of :func:`tune`: the declared grid, each setting's validation score, the choice (Chapter 3).
 
     Example:
         >>> val_acc = {1e-3: 0.71, 1e-2: 0.76, 1e-1: 0.52}
@@ -524,8 +524,8 @@ def verdict(difference: Summary) -> str:
     """``"beats"``, ``"within noise"`` or ``"worse"``: what a paired difference's interval allows (Chapter 3).
 
     Example:
-        >>> verdict(summarize([1.0, 1.2, 0.9])), verdict(summarize([1.0, -1.0, 0.5])), verdict(summarize([-2.0, -2.1, -1.9]))
-        ('beats', 'within noise', 'worse')
+        >>> [verdict(summarize(d)) for d in ([1.0, 1.2, 0.9], [1.0, -1.0, 0.5], [-2.0, -2.1, -1.9])]
+        ['beats', 'within noise', 'worse']
     """
     if difference.lo > 0.0:
         return "beats"
@@ -622,6 +622,7 @@ def method_table(
     right = {1}  # the seed count is right-aligned, the rest left
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded).rstrip()
 
     return "\n".join(line(r) for r in [head] + rows)

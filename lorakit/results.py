@@ -306,7 +306,8 @@ def _read(path: Path) -> _Contents:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: line {number} is not valid JSON ({exc}); the file was edited or damaged: "
                              "restore it from git, or delete it and rerun") from None
-        if not (isinstance(entry, dict) and isinstance(entry.get("key"), dict) and isinstance(entry.get("result"), dict)):
+        if not (isinstance(entry, dict) and isinstance(entry.get("key"), dict)
+                and isinstance(entry.get("result"), dict)):
             raise ValueError(f"{path}: line {number} is not an entry {{\"key\": {{…}}, \"result\": {{…}}}}: "
                              "restore the file from git, or delete it and rerun")
         key = _canonical(entry["key"])
@@ -605,7 +606,8 @@ class Mismatch:
         return f"{_canonical(self.key)} {self.field}: stored {self.stored!r}, re-run {self.got!r}{diff}"
 
 
-def _compare(stored: Any, got: Any, rtol: float, atol: float, where: str = "") -> list[tuple[str, Any, Any, float | None]]:
+def _compare(stored: Any, got: Any, rtol: float, atol: float, where: str = "") -> list[tuple]:
+    """``(field, stored, got, |difference| or None)`` for every leaf of ``got`` that differs from ``stored``."""
     if isinstance(stored, dict) and isinstance(got, dict):
         if set(stored) != set(got):
             return [(where or "result", sorted(stored), sorted(got), None)]
