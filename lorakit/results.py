@@ -355,8 +355,11 @@ class Stored:
     """A loaded results file: its header and its entries in grid order (Chapter 3).
 
     Example:
-        >>> Stored(header={"points": 2}, entries=[({"x": 1}, {"y": 1})]).rows(), Stored({"points": 1}, []).complete
+        >>> stored = Stored(header={"points": 2, "experiment": "pkg.ch03:EXPERIMENT"}, entries=[({"x": 1}, {"y": 1})])
+        >>> stored.rows(), stored.complete
         ([{'x': 1, 'y': 1}], False)
+        >>> stored.command  # what a notebook prints: how to regenerate the file
+        'python -m lorakit.results run pkg.ch03:EXPERIMENT'
     """
 
     header: dict
@@ -366,6 +369,11 @@ class Stored:
     def complete(self) -> bool:
         """Whether every point of the grid is stored."""
         return len(self.entries) == self.header.get("points")
+
+    @property
+    def command(self) -> str:
+        """The command that (re)generates or resumes the file."""
+        return f"python -m lorakit.results run {self.header.get('experiment')}"
 
     def rows(self) -> list[dict]:
         """One flat dict per entry, ``{**point, **result}`` (e.g. for ``pandas.DataFrame``)."""
