@@ -350,6 +350,13 @@ def _check_config(path: Path, header: dict, experiment: Experiment) -> None:
     )
 
 
+def _check_keys(path: Path, keys: set[str], experiment: Experiment) -> None:
+    unknown = keys - {_canonical(p) for p in experiment.points()}
+    if unknown:
+        raise ValueError(f"{path} holds {len(unknown)} entries outside the grid (e.g. {sorted(unknown)[0]}): "
+                         "the file was edited; restore it from git, or delete it and rerun")
+
+
 @dataclass(frozen=True)
 class Stored:
     """A loaded results file: its header and its entries in grid order (Chapter 3).
@@ -400,6 +407,7 @@ def load(path: str | os.PathLike, experiment: Experiment | None = None) -> Store
                          f"{contents.header['experiment']}` to drop it and finish the file")
     if experiment is not None:
         _check_config(path, contents.header, experiment)
+        _check_keys(path, set(contents.entries), experiment)
         order = {_canonical(p): i for i, p in enumerate(experiment.points())}
         entries = sorted(contents.entries.items(), key=lambda kv: order.get(kv[0], len(order)))
     else:
@@ -539,27 +547,23 @@ def run_experiment(
     if path.exists():
         contents = _read(path)
         _check_config(path, contents.header, experiment)
-        if contents.torn is not None:
-            print(f"{path}: dropped a torn last line (a write interrupted by a crash): {contents.torn[:60]!r}",
-                  file=sys.stderr)
-            valid = path.read_bytes()[:contents.valid_bytes]
-            atomic_write(path, lambda tmp: Path(tmp).write_bytes(valid))
         header = contents.header
         if header["numerics"] != numerics():
             raise ValueError(f"{path} was started under numerics {header['numerics']}, this machine has "
                              f"{numerics()}: finish it under the same pin (see the Makefile's exports), or "
                              "delete it and rerun")
         done = set(contents.entries)
+        _check_keys(path, done, experiment)
+        if contents.torn is not None:  # every check passed: now the file may be repaired
+            print(f"{path}: dropped a torn last line (a write interrupted by a crash): {contents.torn[:60]!r}",
+                  file=sys.stderr)
+            valid = path.read_bytes()[:contents.valid_bytes]
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(valid))
     else:
         header = _header(experiment)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(header, ensure_ascii=False) + "\n"))
         done = set()
-    known = {_canonical(p) for p in points}
-    unknown = done - known
-    if unknown:
-        raise ValueError(f"{path} holds {len(unknown)} entries outside the grid (e.g. {sorted(unknown)[0]}): "
-                         "the file was edited; restore it from git, or delete it and rerun")
     todo = [p for p in points if _canonical(p) not in done]
     if limit is not None:
         todo = todo[:limit]
@@ -704,9 +708,9 @@ def verify(
         raise ValueError(f"sample={sample!r} must be a positive int")
     start = time.perf_counter()
     path = Path(path)
-    stored = load(path)
-    experiment = experiment if experiment is not None else load_experiment(stored.header["experiment"])
-    _check_config(path, stored.header, experiment)
+    header = load(path).header
+    experiment = experiment if experiment is not None else load_experiment(header["experiment"])
+    stored = load(path, experiment)
     by_key = {_canonical(p): r for p, r in stored.entries}
     order = [p for p in experiment.points() if _canonical(p) in by_key]
     chosen = sorted(random.Random(seed).sample(range(len(order)), min(sample, len(order))))

@@ -183,6 +183,14 @@ def test_bad_files_are_refused_cleanly(tmp_path: Path, damage, message: str) -> 
             read(path)
 
 
+def test_an_entry_outside_the_grid_is_refused(tmp_path: Path) -> None:
+    path = _run(tmp_path, limit=3)
+    path.write_text(path.read_text().replace('{"seed": 0, "lr": 0.1}', '{"seed": 9, "lr": 0.1}'))
+    for read in (lambda p: load(p, DEMO), verify, lambda p: run_experiment(DEMO, path=p, workers=1, progress=False)):
+        with pytest.raises(ValueError, match=re.escape(str(path)) + r".*1 entries outside the grid"):
+            read(path)
+
+
 def test_non_utf8_and_missing_files(tmp_path: Path) -> None:
     path = tmp_path / "demo.jsonl"
     path.write_bytes(b"\xff\xfe\x00garbage\n")
