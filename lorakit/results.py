@@ -659,6 +659,7 @@ class Verification:
 
     @property
     def ok(self) -> bool:
+        """Whether every re-run entry reproduced (no :class:`Mismatch`)."""
         return not self.mismatches
 
     def summary(self) -> str:
