@@ -198,6 +198,24 @@ def test_non_utf8_and_missing_files(tmp_path: Path) -> None:
         load(path)
     with pytest.raises(FileNotFoundError, match="no results file"):
         verify(tmp_path / "missing.jsonl")
+    path.write_text('{"format": "lorakit-res')  # a header cut short
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " has a truncated header line"):
+        run_experiment(DEMO, path=path, workers=1, progress=False)
+
+
+def test_experiments_are_checked_when_defined() -> None:
+    with pytest.raises(ValueError, match="names the file"):
+        Experiment("a/b", toy_run, grid={"seed": [0]})
+    with pytest.raises(ValueError, match="repeats a point"):
+        Experiment("x", toy_run, grid=[{"seed": 0}, {"seed": 0}])
+    with pytest.raises(ValueError, match="both settings and grid keys"):
+        Experiment("x", toy_run, grid={"seed": [0]}, settings={"seed": 1})
+    with pytest.raises(ValueError, match="empty grid"):
+        Experiment("x", toy_run, grid=[])
+    with pytest.raises(TypeError, match="store only numbers"):
+        Experiment("x", toy_run, grid={"f": [object()]})
+    with pytest.raises(ValueError, match="entry="):
+        results._entry(dataclasses.replace(DEMO))  # not a module global: its entry point is unknown
 
 
 def test_verify_passes_and_detects_a_tampered_value(tmp_path: Path) -> None:
