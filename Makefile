@@ -13,7 +13,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 include scripts/numerics.env
 
 .PHONY: setup book test pytest numerics-check nbval build-check site-check colab-check notebooks \
-	solution-checks bench lock clean help
+	results-check solution-checks bench lock clean help
 
 help:
 	@echo "make book       set up, then build the site into _build/html"
@@ -32,7 +32,7 @@ book: setup
 	$(JB) build . --path-output . --all
 
 # Every stage runs even after one fails; the summary at the end lists them all.
-TEST_STAGES := pytest nbval build-check site-check colab-check
+TEST_STAGES := pytest nbval results-check build-check site-check colab-check
 test: setup
 	@bash scripts/run_stages.sh $(TEST_STAGES)
 
@@ -49,6 +49,11 @@ numerics-check:
 nbval: numerics-check
 	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg $(NOTEBOOKS)
+
+# Re-runs a fixed random sample of every stored full-scale result (results/*.jsonl) and fails if
+# one does not reproduce exactly under the pinned numerics.
+results-check:
+	$(PY) -m lorakit.results verify --all
 
 build-check:
 	rm -rf _build/html _build/.doctrees
