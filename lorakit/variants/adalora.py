@@ -12,22 +12,31 @@ falling on a cubic schedule from the initial total rank to the target.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layer import LoRALinear
+from ..layer import LoRALinear, register_variant
 
 __all__ = ["AdaLoRALinear", "AdaLoRAController", "orthogonal_regularizer"]
 
 
+@register_variant
 class AdaLoRALinear(LoRALinear):
-    """LoRA in SVD form, ``ΔW = s · B diag(E) A`` (``B`` = P, ``E`` = Λ, ``A`` = Q).
+    """LoRA in SVD form, ``ΔW = s · B diag(E) A`` (``B`` = P, ``E`` = Λ, ``A`` = Q) (Chapter 11).
+
+    The adapter holds ``A``, ``B`` and ``E``; the pruning state is ``E`` itself (a pruned triplet has
+    ``λ_i = 0``), so a saved adapter keeps the ranks it was pruned to. The controller's smoothed
+    scores are training state, like an optimizer's moments, and are not saved.
 
     Args:
         base: the ``nn.Linear`` to adapt (frozen).
         r: the initial rank (number of triplets) of this layer.
-        alpha: scaling numerator, ``s = alpha / r``.
+        alpha: scaling numerator, ``s = alpha / r`` (``None``: ``alpha = r``).
+        dropout, rslora: as :class:`lorakit.LoRALinear`.
+        init_A: must be left ``None`` (A, B start N(0, 0.02²) as in the paper's code).
 
     Attributes:
         E: trainable singular values, shape ``(r,)``, zero at init (so ``ΔW = 0``).
@@ -41,8 +50,20 @@ class AdaLoRALinear(LoRALinear):
         (torch.Size([3]), 0)
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float = 1.0, *, dropout: float = 0.0) -> None:
-        super().__init__(base, r, alpha, dropout=dropout)
+    VARIANT: ClassVar[str] = "adalora"
+    ADAPTER_TENSORS: ClassVar[tuple[str, ...]] = ("A", "B", "E")
+    INIT_CHOICES: ClassVar[tuple[str, ...]] = ("normal",)
+
+    def __init__(
+        self, base: nn.Linear, r: int, alpha: float | None = None, *, dropout: float = 0.0,
+        init_A: str | None = None, rslora: bool = False,
+    ) -> None:
+        if init_A not in (None, "normal"):
+            raise ValueError(
+                f"AdaLoRALinear cannot honour init_A={init_A!r}: AdaLoRA draws A and B from N(0, 0.02²) "
+                "and starts E at 0; leave init_A unset"
+            )
+        super().__init__(base, r, alpha, dropout=dropout, init_A="normal", rslora=rslora)
         self.E = nn.Parameter(torch.zeros(r, device=base.weight.device, dtype=base.weight.dtype))
 
     def reset_lora_parameters(self) -> None:
@@ -64,7 +85,7 @@ class AdaLoRALinear(LoRALinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return y
         h = F.linear(self.dropout(x), self.A) * (self.E * self.scaling)
         return y + F.linear(h, self.B)

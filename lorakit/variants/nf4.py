@@ -16,12 +16,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layer import LoRALinear
+from ..layer import InitA, LoRALinear, register_variant
 
 __all__ = ["nf4_table", "NF4Tensor", "quantize_nf4", "dequantize_nf4", "NF4Linear", "QLoRALinear"]
 
@@ -219,12 +220,16 @@ class NF4Linear(nn.Module):
                 f"{self.quantized.bits_per_parameter:.4g} bits/weight")
 
 
+@register_variant
 class QLoRALinear(LoRALinear):
-    """LoRA on a 4-bit NF4 base: the frozen base is an :class:`NF4Linear`, ``A``, ``B`` train in fp32.
+    """LoRA on a 4-bit NF4 base: the frozen base is an :class:`NF4Linear`, ``A``, ``B`` train in fp32 (Chapter 12).
+
+    The adapter holds ``A`` and ``B`` only: quantisation is deterministic, so the same base model
+    quantised again gives the same 4-bit weight. It cannot be merged (``MERGEABLE = False``).
 
     Args:
         base: the full-precision ``nn.Linear``; it is quantised and not kept.
-        r, alpha, rslora: as :class:`lorakit.LoRALinear`.
+        r, alpha, dropout, init_A, rslora: as :class:`lorakit.LoRALinear`.
         block_size, double_quant: as :func:`quantize_nf4`.
 
     Shapes:
@@ -236,11 +241,16 @@ class QLoRALinear(LoRALinear):
         ('NF4Linear', torch.Size([3, 8]))
     """
 
+    VARIANT: ClassVar[str] = "qlora"
+    OPTIONS: ClassVar[Mapping[str, Any]] = {"block_size": 64, "double_quant": False}
+    MERGEABLE: ClassVar[bool] = False
+
     def __init__(
-        self, base: nn.Linear, r: int, alpha: float = 1.0, *, rslora: bool = False,
-        block_size: int = 64, double_quant: bool = False,
+        self, base: nn.Linear, r: int, alpha: float | None = None, *, dropout: float = 0.0,
+        init_A: InitA | None = None, rslora: bool = False, block_size: int = 64, double_quant: bool = False,
     ) -> None:
-        super().__init__(base, r, alpha, rslora=rslora)
+        super().__init__(base, r, alpha, dropout=dropout, init_A=init_A, rslora=rslora)
+        self.block_size, self.double_quant = block_size, bool(double_quant)
         self.base = NF4Linear(base, block_size, double_quant=double_quant)  # type: ignore[assignment]
 
     def merge(self) -> None:
