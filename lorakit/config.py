@@ -69,8 +69,9 @@ class LoraConfig:
         target_modules: the layer names (or patterns) to adapt.
         match: ``"suffix"`` (default), ``"exact"`` or ``"regex"`` (``re.fullmatch``).
         dropout: on the LoRA branch's input, in ``[0, 1)``.
-        init_A: ``None`` (the variant's own initialisation; ``"kaiming"`` for plain LoRA) or a choice the
-            variant accepts (``"kaiming"``/``"gaussian"`` for ``lora``, ``dora``, ``qlora``).
+        init_A: ``None`` (the variant's own initialisation, stored resolved: ``"kaiming"`` for plain LoRA,
+            ``"svd"`` for PiSSA, ``"normal"`` for AdaLoRA) or a choice the variant accepts
+            (``"kaiming"``/``"gaussian"`` for ``lora``, ``dora``, ``qlora``).
         rslora: scale by ``alpha/√r`` instead of ``alpha/r``.
         variant: a registered variant name (:func:`lorakit.layer.variant_names`).
         variant_options: the variant's own options, e.g. ``{"detach_norm": False}`` for DoRA or
@@ -141,6 +142,8 @@ class LoraConfig:
                 allowed = ", ".join(cls.OPTIONS) or "none"
                 raise ValueError(f"variant {self.variant!r} has no option {key!r}: its options are {allowed}")
         set_(self, "variant_options", {**cls.OPTIONS, **self.variant_options})
+        if self.init_A is None:
+            set_(self, "init_A", cls.INIT_CHOICES[0])
 
     def __hash__(self) -> int:
         return hash(self.to_json())

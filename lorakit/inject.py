@@ -38,6 +38,7 @@ __all__ = [
     "modules_to_save",
     "swap_in",
     "build_and_swap",
+    "build_wrappers",
     "lora_layers",
     "merge_lora",
     "unmerge_lora",
@@ -261,6 +262,40 @@ def inject_adapter(model: nn.Module, config: LoraConfig) -> list[str]:
     return names
 
 
+def build_wrappers(
+    chosen: Mapping[str, nn.Linear], build: Callable[[nn.Linear], LoRALinear]
+) -> tuple[dict[str, LoRALinear], Callable[[], None]]:
+    """``{name: build(layer)}`` for every chosen layer, and an ``undo()`` that restores their base weights (Chapter 1).
+
+    Builders such as PiSSA rewrite the base weight in place; if one build fails, every weight is
+    restored before the error propagates. Call ``undo()`` yourself to abandon the wrappers later.
+
+    Example:
+        >>> lin = nn.Linear(4, 4)
+        >>> wrappers, undo = build_wrappers({"0": lin}, lambda m: LoRALinear(m, r=1))
+        >>> list(wrappers)
+        ['0']
+    """
+    originals = {name: module.weight.detach().clone() for name, module in chosen.items()}
+
+    def undo() -> None:
+        with torch.no_grad():
+            for name, module in chosen.items():
+                module.weight.copy_(originals[name])
+
+    wrappers: dict[str, LoRALinear] = {}
+    try:
+        for name, module in chosen.items():
+            wrapper = build(module)
+            if not isinstance(wrapper, LoRALinear):
+                raise TypeError(f"the builder returned a {type(wrapper).__name__}; it must return a LoRALinear (subclass)")
+            wrappers[name] = wrapper
+    except Exception:
+        undo()
+        raise
+    return wrappers, undo
+
+
 def build_and_swap(
     model: nn.Module,
     chosen: Mapping[str, nn.Linear],
@@ -278,19 +313,7 @@ def build_and_swap(
         >>> build_and_swap(model, {"0": model[0]}, lambda lin: LoRALinear(lin, r=1))
         ['0']
     """
-    originals = {name: module.weight.detach().clone() for name, module in chosen.items()}
-    wrappers: dict[str, LoRALinear] = {}
-    try:
-        for name, module in chosen.items():
-            wrapper = build(module)
-            if not isinstance(wrapper, LoRALinear):
-                raise TypeError(f"the builder returned a {type(wrapper).__name__}; it must return a LoRALinear (subclass)")
-            wrappers[name] = wrapper
-    except Exception:
-        with torch.no_grad():
-            for name, module in chosen.items():
-                module.weight.copy_(originals[name])
-        raise
+    wrappers, _ = build_wrappers(chosen, build)
     # From here on nothing can fail halfway.
     trainable = [p for w in wrappers.values() for p in w.parameters(recurse=False) if p.requires_grad]
     trainable += [p for module in (saved or {}).values() for p in module.parameters()]
