@@ -200,9 +200,7 @@ def test_every_peft_default_is_accepted(tmp_path):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("use_dora", True),
         ("bias", "all"),
-        ("modules_to_save", ["head"]),
         ("rank_pattern", {"query": 8}),
         ("alpha_pattern", {"query": 8}),
         ("fan_in_fan_out", True),
