@@ -238,7 +238,7 @@ def inject_adapter(model: nn.Module, config: LoraConfig) -> list[str]:
         ...                                  modules_to_save=["2"]))
         ['0']
         >>> type(model[0]).__name__, [n for n, p in model.named_parameters() if p.requires_grad]
-        ('DoRALinear', ['0.m', '0.A', '0.B', '2.weight', '2.bias'])
+        ('DoRALinear', ['0.A', '0.B', '0.m', '2.weight', '2.bias'])
     """
     if not isinstance(config, LoraConfig):
         raise TypeError(f"config must be a lorakit.LoraConfig, got {type(config).__name__}")
