@@ -200,6 +200,8 @@ class LoRALinear(nn.Module):
     ADAPTER_TENSORS: ClassVar[tuple[str, ...]] = ("A", "B")
     OPTIONS: ClassVar[Mapping[str, Any]] = {}
     INIT_CHOICES: ClassVar[tuple[str, ...]] = ("kaiming", "gaussian")
+    #: Why a variant with a single ``INIT_CHOICES`` entry refuses any other ``init_A``.
+    INIT_NOTE: ClassVar[str] = ""
     #: ``False`` for a layer whose update cannot be added into its base (QLoRA's 4-bit weight).
     MERGEABLE: ClassVar[bool] = True
 
@@ -233,6 +235,10 @@ class LoRALinear(nn.Module):
                 "target only the Linear layers of the model (see lorakit.inject_lora)"
             )
         if init_A not in self.INIT_CHOICES:
+            if len(self.INIT_CHOICES) == 1:  # a variant with its own initialisation (PiSSA, AdaLoRA)
+                raise ValueError(
+                    f"{type(self).__name__} cannot honour init_A={init_A!r}: {self.INIT_NOTE}; leave init_A unset"
+                )
             choices = " or ".join(repr(c) for c in self.INIT_CHOICES)
             raise ValueError(f"init_A={init_A!r} is unknown for {type(self).__name__}: use {choices}")
         check_hyperparameters(r, alpha, dropout, base.in_features, base.out_features)
@@ -258,6 +264,10 @@ class LoRALinear(nn.Module):
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_lora_parameters()
+        self._init_variant()
+
+    def _init_variant(self) -> None:
+        """Hook for a variant's own tensors, run at the end of ``__init__`` (PiSSA's SVD, AdaLoRA's ``E``)."""
 
     @property
     def in_features(self) -> int:

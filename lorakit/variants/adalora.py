@@ -53,18 +53,10 @@ class AdaLoRALinear(LoRALinear):
     VARIANT: ClassVar[str] = "adalora"
     ADAPTER_TENSORS: ClassVar[tuple[str, ...]] = ("A", "B", "E")
     INIT_CHOICES: ClassVar[tuple[str, ...]] = ("normal",)
+    INIT_NOTE: ClassVar[str] = "AdaLoRA draws A and B from N(0, 0.02²) and starts E at 0"
 
-    def __init__(
-        self, base: nn.Linear, r: int, alpha: float | None = None, *, dropout: float = 0.0,
-        init_A: str | None = None, rslora: bool = False,
-    ) -> None:
-        if init_A not in (None, "normal"):
-            raise ValueError(
-                f"AdaLoRALinear cannot honour init_A={init_A!r}: AdaLoRA draws A and B from N(0, 0.02²) "
-                "and starts E at 0; leave init_A unset"
-            )
-        super().__init__(base, r, alpha, dropout=dropout, init_A="normal", rslora=rslora)
-        self.E = nn.Parameter(torch.zeros(r, device=base.weight.device, dtype=base.weight.dtype))
+    def _init_variant(self) -> None:
+        self.E = nn.Parameter(torch.zeros(self.r, device=self.A.device, dtype=self.A.dtype))
 
     def reset_lora_parameters(self) -> None:
         """``A``, ``B`` ~ N(0, 0.02²) as in the paper's code, ``E = 0`` (so ``ΔW = 0``)."""

@@ -52,17 +52,10 @@ class PiSSALinear(LoRALinear):
     VARIANT: ClassVar[str] = "pissa"
     ADAPTER_TENSORS: ClassVar[tuple[str, ...]] = ("A", "B", "base.weight")
     INIT_CHOICES: ClassVar[tuple[str, ...]] = ("svd",)
+    INIT_NOTE: ClassVar[str] = "PiSSA initialises A and B from the SVD of W"
 
-    def __init__(
-        self, base: nn.Linear, r: int, alpha: float | None = None, *, dropout: float = 0.0,
-        init_A: str | None = None, rslora: bool = False,
-    ) -> None:
-        if init_A not in (None, "svd"):
-            raise ValueError(
-                f"PiSSALinear cannot honour init_A={init_A!r}: PiSSA initialises A and B from the SVD of W; "
-                "leave init_A unset"
-            )
-        super().__init__(base, r, alpha, dropout=dropout, init_A="svd", rslora=rslora)
+    def _init_variant(self) -> None:
+        base = self.base
         self.register_buffer("singular_values", torch.zeros(min(base.in_features, base.out_features)))
         self._init_from_svd()
 
