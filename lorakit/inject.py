@@ -54,7 +54,7 @@ _SAVED_ATTR = "_lorakit_modules_to_save"
 
 @dataclass(frozen=True)
 class ParameterCount:
-    """Trainable and total parameter counts of a model.
+    """Trainable and total parameter counts of a model (Chapter 1).
 
     Example:
         >>> count = ParameterCount(trainable=10, total=40)
@@ -76,7 +76,7 @@ class ParameterCount:
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:
-    """Count trainable (``requires_grad``) and total parameters, each tensor once.
+    """Count trainable (``requires_grad``) and total parameters, each tensor once (Chapter 1).
 
     Example:
         >>> str(count_parameters(nn.Linear(3, 2)))
@@ -136,7 +136,7 @@ def select_modules(model: nn.Module, targets: str | Iterable[str], match: MatchM
 
 
 def select_linears(model: nn.Module, targets: str | Iterable[str], match: MatchMode = "suffix") -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` layers that ``targets`` name, in model order; checks everything, changes nothing.
+    """The ``nn.Linear`` layers that ``targets`` name, in model order; checks everything, changes nothing (Chapter 1).
 
     Args:
         model: any module.
@@ -170,7 +170,7 @@ def select_linears(model: nn.Module, targets: str | Iterable[str], match: MatchM
 
 
 def swap_in(model: nn.Module, wrappers: Mapping[str, nn.Module], trainable: Iterable[nn.Parameter]) -> list[str]:
-    """Freeze every parameter of ``model``, put ``wrappers`` in place by name, then unfreeze ``trainable``.
+    """Freeze every parameter of ``model``, put ``wrappers`` in place by name, then unfreeze ``trainable`` (Chapter 1).
 
     Call it only once every wrapper is built: it cannot fail halfway.
 

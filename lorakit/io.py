@@ -16,7 +16,7 @@ __all__ = ["atomic_write", "read_safetensors", "read_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Create or replace ``path`` with what ``write(tmp_path)`` writes, all at once.
+    """Create or replace ``path`` with what ``write(tmp_path)`` writes, all at once (Chapter 1).
 
     Args:
         path: the file to create or replace; its folder must exist.

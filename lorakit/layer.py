@@ -33,7 +33,7 @@ InitA = Literal["kaiming", "gaussian"]
 
 
 def check_hyperparameters(r: int, alpha: float | None, dropout: float, in_features: int, out_features: int) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``r``, ``alpha`` and ``dropout`` suit an ``out × in`` weight.
+    """Raise ``TypeError``/``ValueError`` unless ``r``, ``alpha`` and ``dropout`` suit an ``out × in`` weight (Chapter 1).
 
     Example:
         >>> check_hyperparameters(r=2, alpha=4.0, dropout=0.0, in_features=8, out_features=4)  # valid: no error

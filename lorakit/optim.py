@@ -1,4 +1,4 @@
-"""Riemannian-preconditioned optimizers for LoRA factors: scaled GD and scaled AdamW.
+"""Riemannian-preconditioned optimizers for LoRA factors: scaled GD and scaled AdamW (Chapter 10).
 
 A LoRA layer learns ``ΔW = s · B A`` with ``A`` of shape ``(r, in)``, ``B`` of
 shape ``(out, r)`` and ``s = alpha / r`` (the book's convention). Scaled gradient
@@ -202,7 +202,7 @@ def preconditioned_gradients(
     on_singular: OnSingular = "identity",
     layer: str = "?",
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The scaled directions ``(BᵀB + λI)⁻¹ ∇_A`` and ``∇_B (AAᵀ + λI)⁻¹``.
+    """The scaled directions ``(BᵀB + λI)⁻¹ ∇_A`` and ``∇_B (AAᵀ + λI)⁻¹`` (Chapter 10).
 
     Computed in float32 (float64 stays float64) and returned in each factor's dtype.
 

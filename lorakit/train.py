@@ -1,4 +1,4 @@
-"""The training loop every chapter shares.
+"""The training loop every chapter shares (Chapter 1).
 
 Data live in memory as tensors (the book's data sets are small), and mini-batches
 are slices of them: for small models this is several times faster than a
@@ -22,7 +22,7 @@ Sampling = Literal["shuffle", "sequential", "random_subsets"]
 
 @dataclass
 class History:
-    """What :func:`fit` records.
+    """What :func:`fit` records (Chapter 1).
 
     Attributes:
         train_loss: mean training loss of each epoch.
@@ -43,7 +43,7 @@ class History:
 
 
 def batch_indices(n: int, batch_size: int, sampling: Sampling, generator: torch.Generator | None) -> list[torch.Tensor]:
-    """The index batches of one epoch over ``n`` examples.
+    """The index batches of one epoch over ``n`` examples (Chapter 1).
 
     * ``"shuffle"``: a fresh permutation cut into batches (the last may be short);
     * ``"sequential"``: ``0..n-1`` in order, cut into batches;

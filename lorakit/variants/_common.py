@@ -56,7 +56,7 @@ def wrap_linears(
 
 
 def update_rank(delta: torch.Tensor, rtol: float = 1e-3) -> int:
-    """Numerical rank of a weight update: singular values above ``rtol`` × the largest.
+    """Numerical rank of a weight update: singular values above ``rtol`` × the largest (Chapter 11).
 
     Args:
         delta: a 2-D update ``W_after - W_before`` of shape ``(out, in)``.

@@ -1,4 +1,4 @@
-"""AdaLoRA (Zhang et al., 2023): an SVD-shaped adapter whose rank budget is pruned during training.
+"""AdaLoRA (Zhang et al., 2023): an SVD-shaped adapter whose rank budget is pruned during training (Chapter 11).
 
 The update is written like an SVD, ``ΔW = s · P diag(λ) Q`` with ``P`` (``out × r``,
 stored as ``B``), ``Q`` (``r × in``, stored as ``A``) and the "singular values" ``λ``
@@ -84,7 +84,7 @@ class AdaLoRALinear(LoRALinear):
 
 
 def orthogonal_regularizer(model: nn.Module) -> torch.Tensor:
-    """``Σ_layers ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F`` over every :class:`AdaLoRALinear`; add ``γ`` × this to the loss.
+    """``Σ_layers ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F`` over every :class:`AdaLoRALinear`; add ``γ`` × this to the loss (Chapter 11).
 
     Example:
         >>> model = nn.Sequential(AdaLoRALinear(nn.Linear(6, 4), r=2))
@@ -102,7 +102,7 @@ def orthogonal_regularizer(model: nn.Module) -> torch.Tensor:
 
 
 class AdaLoRAController:
-    """Score the triplets of every :class:`AdaLoRALinear` and prune to a shrinking total rank budget.
+    """Score the triplets of every :class:`AdaLoRALinear` and prune to a shrinking total rank budget (Chapter 11).
 
     Budget at step ``t`` (``b0`` = initial total rank, ``T`` = ``total_steps``):
     ``b0`` during the first ``warmup_steps``; then

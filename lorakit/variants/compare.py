@@ -55,7 +55,7 @@ WHERE_IT_APPLIES: dict[str, str] = {
 
 @dataclass
 class VariantResult:
-    """What :func:`run_variant` measured for one method.
+    """What :func:`run_variant` measured for one method (Chapter 11).
 
     Attributes:
         method: one of :data:`METHODS`.
@@ -266,7 +266,7 @@ def run_variant(
     model: nn.Module | None = None,
     progress: bool = True,
 ) -> VariantResult:
-    """Fine-tune a fresh copy of the pretrained MLP with ``method``; measure it.
+    """Fine-tune a fresh copy of the pretrained MLP with ``method``; measure it (Chapter 11).
 
     Args:
         method: one of :data:`METHODS`.

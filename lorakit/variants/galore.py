@@ -1,4 +1,4 @@
-"""GaLore (Zhao et al., 2024): full-parameter training with gradients projected to rank ``r``.
+"""GaLore (Zhao et al., 2024): full-parameter training with gradients projected to rank ``r`` (Chapter 11).
 
 For a weight ``W`` (``out × in``) with gradient ``G``, GaLore keeps a projector ``P``
 from the top-``r`` singular vectors of ``G`` (refreshed every ``update_proj_gap``
@@ -116,7 +116,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
 
 def adam_state_numel(optimizer: torch.optim.Optimizer) -> int:
-    """The number of floats an optimizer keeps in its state (moments, projectors; step counters excluded).
+    """The number of floats an optimizer keeps in its state (moments, projectors; step counters excluded) (Chapter 11).
 
     Example:
         >>> W = torch.nn.Parameter(torch.randn(4, 6))

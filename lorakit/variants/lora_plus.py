@@ -1,4 +1,4 @@
-"""LoRA+ (Hayou, Ghosh & Yu, 2024): train ``B`` with a learning rate ``ratio`` times that of ``A``.
+"""LoRA+ (Hayou, Ghosh & Yu, 2024): train ``B`` with a learning rate ``ratio`` times that of ``A`` (Chapter 11).
 
 With ``B = 0`` at init and a wide layer, one learning rate for both factors is
 inefficient: the paper's infinite-width analysis says ``B`` should move faster,

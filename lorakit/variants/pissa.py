@@ -1,4 +1,4 @@
-"""PiSSA (Meng, Wang & Zhang, 2024): principal singular values and vectors adaptation.
+"""PiSSA (Meng, Wang & Zhang, 2024): principal singular values and vectors adaptation (Chapter 11).
 
 Split ``W = U S Vᵀ`` into its top-``r`` part and the residual. PiSSA trains the
 principal part, ``s·B A = U_r S_r V_rᵀ`` with ``B = U_r √(S_r/s)`` and
