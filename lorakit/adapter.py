@@ -267,6 +267,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> list[str]:
         problems += _tensor_problems(name, layer.adapter_tensors(), tensors)
         if layer.merged:
             problems.append(f"layer {name!r} is merged; call lorakit.unmerge_lora(model) before loading")
+    ours_saved = sorted(modules_to_save(model))
+    if ours_saved != saved_names:
+        problems.append(f"the adapter saves modules {saved_names}, the model trains {ours_saved} in full beside "
+                        "its adapter; inject with the same modules_to_save, or load into the plain base model")
     modules = _saved_modules(model, tensors, saved_names, problems)
     _fail(path, problems)
     _copy_in(layers, modules, tensors)

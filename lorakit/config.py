@@ -10,12 +10,11 @@ the layers it describes.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Mapping
 
-from .layer import variant_class
+from .layer import check_alpha, check_dropout, check_rank_type, variant_class
 
 __all__ = ["LoraConfig", "MatchMode", "MATCH_MODES"]
 
@@ -104,16 +103,10 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if isinstance(self.r, bool) or not isinstance(self.r, int):
-            raise TypeError(f"rank r must be an int, got {type(self.r).__name__}; pass e.g. r=8")
+        check_rank_type(self.r)
         if self.r < 1:
             raise ValueError(f"rank r={self.r} is invalid: choose r >= 1 (and r <= min(in, out) of every target)")
-        alpha = self.alpha
-        if alpha is None:
-            alpha = float(self.r)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha={alpha!r} must be a finite number > 0; the usual choices are alpha=r or alpha=2*r")
-        set_(self, "alpha", float(alpha))
+        set_(self, "alpha", check_alpha(float(self.r) if self.alpha is None else self.alpha))
         if self.match not in MATCH_MODES:
             raise ValueError(f"match={self.match!r} is unknown: use 'suffix', 'exact' or 'regex'")
         set_(self, "target_modules", _names(self.target_modules, "target_modules"))
@@ -123,10 +116,7 @@ class LoraConfig:
         if self.match == "regex":
             for pattern in self.target_modules + self.modules_to_save:
                 check_pattern(pattern)
-        d = self.dropout
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
-            raise ValueError(f"dropout={d!r} must be in [0, 1); use 0 to switch it off")
-        set_(self, "dropout", float(d))
+        set_(self, "dropout", check_dropout(self.dropout))
         if not isinstance(self.rslora, bool):
             raise TypeError(f"rslora={self.rslora!r} must be True or False")
         cls = variant_class(self.variant)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .config import LoraConfig, MatchMode, check_pattern
-from .layer import InitA, LoRALinear, check_hyperparameters, variant_class
+from .layer import InitA, LoRALinear, check_hyperparameters, check_rank_type, variant_class
 
 __all__ = [
     "ParameterCount",
@@ -377,8 +377,7 @@ def inject_lora(
     targets = [targets] if isinstance(targets, str) else list(targets)
     if not targets:
         raise ValueError("no targets given: pass layer names such as ['q_proj', 'v_proj']")
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"rank r must be an int, got {type(r).__name__}; pass e.g. r=8")
+    check_rank_type(r)
     chosen = select_linears(model, targets, match)  # the errors that name the model's layers come first
     for name, module in chosen.items():
         try:

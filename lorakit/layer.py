@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LoRALinear", "check_hyperparameters", "register_variant", "variant_class", "variant_names"]
+__all__ = ["LoRALinear", "check_hyperparameters", "check_rank_type", "check_alpha", "check_dropout", "register_variant", "variant_class", "variant_names"]
 
 InitA = Literal["kaiming", "gaussian"]
 
@@ -42,20 +42,53 @@ def check_hyperparameters(r: int, alpha: float | None, dropout: float, in_featur
             ...
         ValueError: rank r=5 is invalid for a 4x8 weight: choose 1 <= r <= min(in, out) = 4
     """
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"rank r must be an int, got {type(r).__name__}; pass e.g. r=8")
+    check_rank_type(r)
     max_rank = min(in_features, out_features)
     if not 1 <= r <= max_rank:
         raise ValueError(
             f"rank r={r} is invalid for a {out_features}x{in_features} weight: "
             f"choose 1 <= r <= min(in, out) = {max_rank}"
         )
-    if alpha is not None and not (
-        isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0
-    ):
+    if alpha is not None:
+        check_alpha(alpha)
+    check_dropout(dropout)
+
+
+def check_rank_type(r: object) -> None:
+    """``TypeError`` unless ``r`` is an int (not a bool) (Chapter 1).
+
+    Example:
+        >>> check_rank_type(2.0)
+        Traceback (most recent call last):
+            ...
+        TypeError: rank r must be an int, got float; pass e.g. r=8
+    """
+    if isinstance(r, bool) or not isinstance(r, int):
+        raise TypeError(f"rank r must be an int, got {type(r).__name__}; pass e.g. r=8")
+
+
+def check_alpha(alpha: object) -> float:
+    """``alpha`` as a float, or ``ValueError`` unless it is a finite number > 0 (Chapter 1).
+
+    Example:
+        >>> check_alpha(4)
+        4.0
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha={alpha!r} must be a finite number > 0; the usual choices are alpha=r or alpha=2*r")
+    return float(alpha)
+
+
+def check_dropout(dropout: object) -> float:
+    """``dropout`` as a float, or ``ValueError`` unless it lies in ``[0, 1)`` (Chapter 1).
+
+    Example:
+        >>> check_dropout(0.1)
+        0.1
+    """
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout!r} must be in [0, 1); use 0 to switch it off")
+    return float(dropout)
 
 
 class _FusedLoRALinear(torch.autograd.Function):

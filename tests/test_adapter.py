@@ -308,3 +308,14 @@ def test_first_format_files_still_load(tmp_path):
     for layer in (source[0], source[2]):
         layer.alpha = 1.0
     assert torch.allclose(plain(x), source(x))
+
+
+def test_modules_to_save_must_match_when_loading_into_an_injected_model(tmp_path):
+    source, config = trained_variant("lora")
+    path = save_adapter(source, tmp_path / "a.safetensors")
+    model = base_model()
+    inject_adapter(model, LoraConfig(r=2, target_modules=("0", "2"), match="exact"))  # no modules_to_save
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="saves modules \\['4'\\], the model trains \\[\\] in full"):
+        load_adapter(model, path)
+    assert_unchanged(model, before)
