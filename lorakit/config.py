@@ -11,7 +11,8 @@ the layers it describes.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 from .layer import check_alpha, check_dropout, check_rank_type, variant_class
@@ -80,7 +81,7 @@ class LoraConfig:
 
     Example:
         >>> config = LoraConfig(r=4, target_modules=["q", "v"], variant="dora")
-        >>> config.alpha, config.target_modules, config.variant_options
+        >>> config.alpha, config.target_modules, dict(config.variant_options)
         (4.0, ('q', 'v'), {'detach_norm': True})
         >>> LoraConfig.from_dict(config.to_dict()) == config
         True
@@ -131,12 +132,15 @@ class LoraConfig:
             if key not in cls.OPTIONS:
                 allowed = ", ".join(cls.OPTIONS) or "none"
                 raise ValueError(f"variant {self.variant!r} has no option {key!r}: its options are {allowed}")
-        set_(self, "variant_options", {**cls.OPTIONS, **self.variant_options})
+        set_(self, "variant_options", MappingProxyType({**cls.OPTIONS, **self.variant_options}))  # read-only
         if self.init_A is None:
             set_(self, "init_A", cls.INIT_CHOICES[0])
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+    def __reduce__(self) -> tuple:  # copy, deepcopy and pickle go through the JSON form
+        return (type(self).from_dict, (self.to_dict(),))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (tuples as lists) (Chapter 1).
@@ -145,7 +149,7 @@ class LoraConfig:
             >>> LoraConfig(r=2, target_modules="0").to_dict()["target_modules"]
             ['0']
         """
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("target_modules", "modules_to_save"):
             out[key] = list(out[key])
         out["variant_options"] = dict(self.variant_options)

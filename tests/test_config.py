@@ -216,3 +216,12 @@ def test_merge_and_unload_bakes_the_adapter_in(variant):
     assert torch.allclose(model(X), expected, atol=1e-5)
     legacy = trained(variant)
     assert torch.allclose(lk.unload_lora(legacy)(X), expected, atol=1e-5)  # today's name still works
+
+
+def test_config_copies_and_pickles_and_its_options_are_read_only():
+    import pickle
+
+    config = LoraConfig(r=2, target_modules="q", variant="dora", variant_options={"detach_norm": False})
+    assert copy.deepcopy(config) == config == pickle.loads(pickle.dumps(config))
+    with pytest.raises(TypeError):
+        config.variant_options["detach_norm"] = True  # type: ignore[index]
