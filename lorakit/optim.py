@@ -41,7 +41,7 @@ from torch import nn
 from .inject import lora_layers
 from .layer import LoRALinear
 
-__all__ = ["ScaledGD", "ScaledAdamW", "lora_param_groups", "preconditioned_gradients", "adam_direction"]
+__all__ = ["ScaledGD", "ScaledAdamW", "lora_param_groups", "preconditioned_gradients", "adam_moments", "adam_direction"]
 
 OnSingular = Literal["identity", "raise"]
 #: A model with LoRA layers, or an iterable of ``LoRALinear`` / ``(name, LoRALinear)``.
@@ -62,22 +62,22 @@ def _check_on_singular(on_singular: Any) -> None:
         raise ValueError(f"on_singular={on_singular!r} is unknown: use 'identity' or 'raise'")
 
 
-def adam_direction(
+def adam_moments(
     state: dict[str, Any], grad: torch.Tensor, betas: tuple[float, float], eps: float
-) -> torch.Tensor:
-    """Advance Adam's moments in ``state`` by ``grad``; return ``m̂ / (√v̂ + eps)`` (Chapter 10).
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Advance Adam's moments in ``state`` by ``grad``; return ``(m, √v̂ + eps, 1 − β₁ᵗ)`` (Chapter 10).
 
-    The one Adam update of lorakit (:class:`ScaledAdamW` feeds it preconditioned gradients,
-    :class:`lorakit.variants.GaLoreAdamW` projected ones). ``state`` gains ``exp_avg`` and
-    ``exp_avg_sq`` (shaped like ``grad``) on first use and its ``step`` count (int or tensor) is
-    incremented; the arithmetic is ``torch.optim.AdamW``'s, so with a raw gradient the step
-    ``p -= lr * direction`` is AdamW's to rounding.
+    The one Adam update of lorakit: the step is ``p -= lr / (1 − β₁ᵗ) · m / (√v̂ + eps)``, which
+    :class:`ScaledAdamW` applies to preconditioned gradients and :func:`adam_direction` returns for
+    :class:`lorakit.variants.GaLoreAdamW`'s projected ones. ``state`` gains ``exp_avg`` and ``exp_avg_sq``
+    (shaped like ``grad``) on first use and its ``step`` count (int or tensor) is incremented; the
+    arithmetic is ``torch.optim.AdamW``'s.
 
     Example:
         >>> state = {"step": 0}
-        >>> d = adam_direction(state, torch.tensor([2.0, -3.0]), (0.9, 0.999), 1e-8)
-        >>> [round(x, 6) for x in d.tolist()], state["step"]   # the first step is sign(g)
-        ([1.0, -1.0], 1)
+        >>> m, denom, bias1 = adam_moments(state, torch.tensor([2.0]), (0.9, 0.999), 1e-8)
+        >>> round(float(m / denom / bias1), 6), state["step"]   # the first step is sign(g)
+        (1.0, 1)
     """
     beta1, beta2 = betas
     if "exp_avg" not in state:
@@ -89,7 +89,21 @@ def adam_direction(
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-    return (exp_avg / (1 - beta1**t)).div_(denom)
+    return exp_avg, denom, 1 - beta1**t
+
+
+def adam_direction(
+    state: dict[str, Any], grad: torch.Tensor, betas: tuple[float, float], eps: float
+) -> torch.Tensor:
+    """:func:`adam_moments`' step direction ``m / (1 − β₁ᵗ) / (√v̂ + eps)`` as one tensor (Chapter 10).
+
+    Example:
+        >>> d = adam_direction({}, torch.tensor([2.0, -3.0]), (0.9, 0.999), 1e-8)
+        >>> [round(x, 6) for x in d.tolist()]
+        [1.0, -1.0]
+    """
+    exp_avg, denom, bias1 = adam_moments(state, grad, betas, eps)
+    return (exp_avg / bias1).div_(denom)
 
 
 def lora_param_groups(source: LoRASource) -> list[dict[str, Any]]:
@@ -440,5 +454,6 @@ class ScaledAdamW(_ScaledOptimizer):
                 if not state:
                     state["step"] = torch.tensor(0.0)
                 p.mul_(1 - lr * weight_decay)
-                p.add_(adam_direction(state, direction, group["betas"], group["eps"]), alpha=-lr)
+                exp_avg, denom, bias1 = adam_moments(state, direction, group["betas"], group["eps"])
+                p.addcdiv_(exp_avg, denom, value=-lr / bias1)
         return loss
