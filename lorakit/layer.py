@@ -318,11 +318,12 @@ class LoRALinear(nn.Module):
     def reset_lora_parameters(self) -> None:
         """Draw a fresh ``A`` and set ``B = 0`` (so ``ΔW = 0``)."""
         with torch.no_grad():
-            if self.init_A == "kaiming":
-                # The same draw nn.Linear uses for its own weight: U(-1/sqrt(in), 1/sqrt(in)).
-                nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-            else:
+            if self.init_A == "gaussian":
                 nn.init.normal_(self.A, std=1.0 / self.r)
+            else:
+                # The same draw nn.Linear uses for its own weight: U(-1/sqrt(in), 1/sqrt(in)). (A variant with
+                # its own init, PiSSA, overwrites it afterwards; drawing it keeps the random stream as before.)
+                nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
             self.B.zero_()
 
     def _compute_dtype(self) -> torch.dtype:
