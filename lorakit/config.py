@@ -19,6 +19,7 @@ from .layer import check_alpha, check_dropout, check_rank_type, variant_class
 
 __all__ = ["LoraConfig", "MatchMode", "MATCH_MODES"]
 
+#: How a target names layers: "suffix" (default), "exact" or "regex" (re.fullmatch) (Chapter 1).
 MatchMode = Literal["suffix", "exact", "regex"]
 #: The ways a target names layers: see :mod:`lorakit.inject`.
 MATCH_MODES: tuple[str, ...] = ("suffix", "exact", "regex")
