@@ -8,25 +8,32 @@ Convention used throughout the book (see the notation page):
 * ``scaling = alpha / r`` (or ``alpha / sqrt(r)`` with ``rslora=True``).
 
 ``B`` starts at zero, so a freshly wrapped layer computes exactly what the base
-layer computed: fine-tuning starts from the pretrained function.
+layer computed: fine-tuning starts from the pretrained function (Chapter 1).
+
+Every LoRA-family layer (the variants of Chapter 11, QLoRA of Chapter 12) is a subclass of
+:class:`LoRALinear` registered under a variant name (:func:`register_variant`); one injection path,
+:func:`lorakit.inject_adapter`, builds any of them from a :class:`lorakit.LoraConfig`. Each layer type
+declares the tensors that make up its adapter (``ADAPTER_TENSORS``) and the options it takes
+(``OPTIONS``), so saving, loading and the optimizers handle every variant the same way.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+import operator
+from typing import Any, ClassVar, Literal, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LoRALinear", "check_hyperparameters"]
+__all__ = ["LoRALinear", "check_hyperparameters", "check_rank_type", "check_alpha", "check_dropout", "register_variant", "variant_class", "variant_names"]
 
 InitA = Literal["kaiming", "gaussian"]
 
 
-def check_hyperparameters(r: int, alpha: float, dropout: float, in_features: int, out_features: int) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``r``, ``alpha`` and ``dropout`` suit an ``out × in`` weight.
+def check_hyperparameters(r: int, alpha: float | None, dropout: float, in_features: int, out_features: int) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``r``, ``alpha`` and ``dropout`` suit an ``out × in`` weight (Chapter 1).
 
     Example:
         >>> check_hyperparameters(r=2, alpha=4.0, dropout=0.0, in_features=8, out_features=4)  # valid: no error
@@ -35,18 +42,53 @@ def check_hyperparameters(r: int, alpha: float, dropout: float, in_features: int
             ...
         ValueError: rank r=5 is invalid for a 4x8 weight: choose 1 <= r <= min(in, out) = 4
     """
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"rank r must be an int, got {type(r).__name__}; pass e.g. r=8")
+    check_rank_type(r)
     max_rank = min(in_features, out_features)
     if not 1 <= r <= max_rank:
         raise ValueError(
             f"rank r={r} is invalid for a {out_features}x{in_features} weight: "
             f"choose 1 <= r <= min(in, out) = {max_rank}"
         )
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+    if alpha is not None:
+        check_alpha(alpha)
+    check_dropout(dropout)
+
+
+def check_rank_type(r: object) -> None:
+    """``TypeError`` unless ``r`` is an int (not a bool) (Chapter 1).
+
+    Example:
+        >>> check_rank_type(2.0)
+        Traceback (most recent call last):
+            ...
+        TypeError: rank r must be an int, got float; pass e.g. r=8
+    """
+    if isinstance(r, bool) or not isinstance(r, int):
+        raise TypeError(f"rank r must be an int, got {type(r).__name__}; pass e.g. r=8")
+
+
+def check_alpha(alpha: object) -> float:
+    """``alpha`` as a float, or ``ValueError`` unless it is a finite number > 0 (Chapter 1).
+
+    Example:
+        >>> check_alpha(4)
+        4.0
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha={alpha!r} must be a finite number > 0; the usual choices are alpha=r or alpha=2*r")
-    if not 0.0 <= dropout < 1.0:
+    return float(alpha)
+
+
+def check_dropout(dropout: object) -> float:
+    """``dropout`` as a float, or ``ValueError`` unless it lies in ``[0, 1)`` (Chapter 1).
+
+    Example:
+        >>> check_dropout(0.1)
+        0.1
+    """
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout!r} must be in [0, 1); use 0 to switch it off")
+    return float(dropout)
 
 
 class _FusedLoRALinear(torch.autograd.Function):
@@ -97,20 +139,83 @@ def _autocast_on(x: torch.Tensor) -> bool:
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
+_VARIANTS: dict[str, type["LoRALinear"]] = {}
+
+
+def register_variant(cls: type["LoRALinear"]) -> type["LoRALinear"]:
+    """Class decorator: make ``cls`` the layer of the variant named ``cls.VARIANT`` (Chapter 11).
+
+    The registry is the only map from a variant name (``"lora"``, ``"dora"``, …) to a layer class;
+    :func:`lorakit.inject_adapter` and the adapter loaders look names up here.
+
+    Example:
+        >>> variant_class("lora").__name__
+        'LoRALinear'
+    """
+    if not (isinstance(cls, type) and issubclass(cls, LoRALinear)):
+        raise TypeError(f"register_variant decorates LoRALinear subclasses, got {cls!r}")
+    existing = _VARIANTS.get(cls.VARIANT)
+    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"variant {cls.VARIANT!r} is already registered to {existing.__name__}; pick another name")
+    _VARIANTS[cls.VARIANT] = cls
+    return cls
+
+
+def _load_builtin_variants() -> None:
+    from . import variants  # noqa: F401  (registers DoRA, PiSSA, AdaLoRA, QLoRA)
+
+
+def variant_names() -> tuple[str, ...]:
+    """The registered variant names, sorted (Chapter 11).
+
+    Example:
+        >>> variant_names()
+        ('adalora', 'dora', 'lora', 'pissa', 'qlora')
+    """
+    _load_builtin_variants()
+    return tuple(sorted(_VARIANTS))
+
+
+def variant_class(name: str) -> type["LoRALinear"]:
+    """The layer class registered as variant ``name``; ``ValueError`` listing the names if unknown (Chapter 11).
+
+    Example:
+        >>> variant_class("dora").__name__
+        'DoRALinear'
+        >>> variant_class("lorra")
+        Traceback (most recent call last):
+            ...
+        ValueError: variant='lorra' is unknown: choose one of 'adalora', 'dora', 'lora', 'pissa', 'qlora'
+    """
+    _load_builtin_variants()
+    if not isinstance(name, str) or name not in _VARIANTS:
+        raise ValueError(f"variant={name!r} is unknown: choose one of " + ", ".join(repr(n) for n in variant_names()))
+    return _VARIANTS[name]
+
+
 class LoRALinear(nn.Module):
-    """Wrap an ``nn.Linear`` with a trainable rank-``r`` update ``ΔW = (alpha/r) B A``.
+    """Wrap an ``nn.Linear`` with a trainable rank-``r`` update ``ΔW = (alpha/r) B A`` (Chapter 1).
 
     The wrapped layer's weight and bias are frozen (``requires_grad=False``); only
     ``A`` (``r × in``) and ``B`` (``out × r``) train.
 
+    Every variant (a registered subclass) takes the same arguments and refuses, with a
+    ``ValueError``, one it cannot honour.
+
     Args:
         base: the layer to adapt. It is kept (not copied) as ``self.base``.
         r: the rank of the update, ``1 <= r <= min(in, out)``.
-        alpha: the scale numerator; the update is multiplied by ``alpha / r``.
+        alpha: the scale numerator; the update is multiplied by ``alpha / r``. ``None`` (the
+            default everywhere in lorakit) means ``alpha = r``: see :class:`lorakit.LoraConfig`.
         dropout: dropout probability on the input of the LoRA branch only.
-        init_A: ``"kaiming"`` (uniform, as ``nn.Linear``; the default) or
+        init_A: ``"kaiming"`` (uniform, as ``nn.Linear``; the default, also for ``None``) or
             ``"gaussian"`` (normal with std ``1/r``).
         rslora: scale by ``alpha / sqrt(r)`` (rank-stabilised LoRA) instead of ``alpha / r``.
+
+    Class attributes:
+        VARIANT: the registry name (``"lora"``).
+        ADAPTER_TENSORS: the attribute paths of the tensors an adapter file holds for this layer.
+        OPTIONS: the variant-specific keyword options and their defaults (none here).
 
     Shapes:
         input ``(..., in)`` → output ``(..., out)``.
@@ -124,31 +229,61 @@ class LoRALinear(nn.Module):
         True
     """
 
+    VARIANT: ClassVar[str] = "lora"
+    ADAPTER_TENSORS: ClassVar[tuple[str, ...]] = ("A", "B")
+    OPTIONS: ClassVar[Mapping[str, Any]] = {}
+    INIT_CHOICES: ClassVar[tuple[str, ...]] = ("kaiming", "gaussian")
+    #: Why a variant with a single ``INIT_CHOICES`` entry refuses any other ``init_A``.
+    INIT_NOTE: ClassVar[str] = ""
+    #: ``False`` for a layer whose update cannot be added into its base (QLoRA's 4-bit weight).
+    MERGEABLE: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, base: nn.Linear, config: Any) -> "LoRALinear":
+        """Build this layer on ``base`` from a :class:`lorakit.LoraConfig` (the one constructor call) (Chapter 1).
+
+        Example:
+            >>> from lorakit import LoraConfig
+            >>> LoRALinear.from_config(nn.Linear(4, 3), LoraConfig(r=2, target_modules=("0",))).scaling
+            1.0
+        """
+        return cls(base, config.r, config.alpha, dropout=config.dropout, init_A=config.init_A,
+                   rslora=config.rslora, **dict(config.variant_options))
+
     def __init__(
         self,
         base: nn.Linear,
         r: int,
-        alpha: float = 1.0,
+        alpha: float | None = None,
         *,
         dropout: float = 0.0,
-        init_A: InitA = "kaiming",
+        init_A: InitA | None = None,
         rslora: bool = False,
     ) -> None:
+        if init_A is None:
+            init_A = self.INIT_CHOICES[0]
         if not isinstance(base, nn.Linear):
             raise TypeError(
                 f"LoRALinear wraps nn.Linear, got {type(base).__name__}; "
                 "target only the Linear layers of the model (see lorakit.inject_lora)"
             )
-        if init_A not in ("kaiming", "gaussian"):
-            raise ValueError(f"init_A={init_A!r} is unknown: use 'kaiming' or 'gaussian'")
+        if init_A not in self.INIT_CHOICES:
+            if len(self.INIT_CHOICES) == 1:  # a variant with its own initialisation (PiSSA, AdaLoRA)
+                raise ValueError(
+                    f"{type(self).__name__} cannot honour init_A={init_A!r}: {self.INIT_NOTE}; leave init_A unset"
+                )
+            choices = " or ".join(repr(c) for c in self.INIT_CHOICES)
+            raise ValueError(f"init_A={init_A!r} is unknown for {type(self).__name__}: use {choices}")
         check_hyperparameters(r, alpha, dropout, base.in_features, base.out_features)
         super().__init__()
         self.base = base
         self.r = r
-        self.alpha = float(alpha)
+        self.alpha = float(r if alpha is None else alpha)
         self.rslora = rslora
         self.init_A = init_A
         self.merged = False
+        #: ``True`` inside :func:`lorakit.disable_adapters`: the layer then runs its base unchanged.
+        self.disabled = False
         for p in self.base.parameters():
             p.requires_grad_(False)
 
@@ -162,6 +297,10 @@ class LoRALinear(nn.Module):
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_lora_parameters()
+        self._init_variant()
+
+    def _init_variant(self) -> None:
+        """Hook for a variant's own tensors, run at the end of ``__init__`` (PiSSA's SVD, AdaLoRA's ``E``)."""
 
     @property
     def in_features(self) -> int:
@@ -179,11 +318,12 @@ class LoRALinear(nn.Module):
     def reset_lora_parameters(self) -> None:
         """Draw a fresh ``A`` and set ``B = 0`` (so ``ΔW = 0``)."""
         with torch.no_grad():
-            if self.init_A == "kaiming":
-                # The same draw nn.Linear uses for its own weight: U(-1/sqrt(in), 1/sqrt(in)).
-                nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-            else:
+            if self.init_A == "gaussian":
                 nn.init.normal_(self.A, std=1.0 / self.r)
+            else:
+                # The same draw nn.Linear uses for its own weight: U(-1/sqrt(in), 1/sqrt(in)). (A variant with
+                # its own init, PiSSA, overwrites it afterwards; drawing it keeps the random stream as before.)
+                nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
             self.B.zero_()
 
     def _compute_dtype(self) -> torch.dtype:
@@ -195,8 +335,54 @@ class LoRALinear(nn.Module):
         dtype = self._compute_dtype()
         return (self.B.to(dtype) @ self.A.to(dtype)) * self.scaling
 
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the unmerged layer applies, ``W + ΔW`` (shape ``(out, in)``, float32 or wider) (Chapter 1).
+
+        Differentiable in the adapter tensors. Variants override it (DoRA: ``m · V / ‖V‖``); merging,
+        :func:`lorakit.variants.compare.effective_weight` and the chapters' update ranks all use it.
+
+        Example:
+            >>> layer = LoRALinear(nn.Linear(4, 3), r=2)
+            >>> torch.equal(layer.effective_weight(), layer.base.weight.detach())  # B = 0 at init
+            True
+        """
+        return self.base.weight.to(self._compute_dtype()) + self.delta_weight()
+
+    @property
+    def dropout_p(self) -> float:
+        """The LoRA branch's dropout probability (0 when switched off)."""
+        return float(self.dropout.p) if isinstance(self.dropout, nn.Dropout) else 0.0
+
+    def options(self) -> dict[str, Any]:
+        """The values of this layer's variant options (``OPTIONS`` keys), as stored in adapter files."""
+        return {key: getattr(self, key) for key in self.OPTIONS}
+
+    def layer_config(self) -> dict[str, Any]:
+        """What an adapter file records about this layer: variant, ``r``, ``alpha``, ``rslora``, options (Chapter 1).
+
+        Example:
+            >>> LoRALinear(nn.Linear(4, 3), r=2).layer_config()
+            {'variant': 'lora', 'r': 2, 'alpha': 2.0, 'rslora': False, 'options': {}}
+        """
+        return {"variant": self.VARIANT, "r": self.r, "alpha": self.alpha, "rslora": self.rslora,
+                "options": self.options()}
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """``{path: tensor}`` for every tensor in ``ADAPTER_TENSORS`` (live tensors, not copies) (Chapter 1).
+
+        Example:
+            >>> sorted(LoRALinear(nn.Linear(4, 3), r=2).adapter_tensors())
+            ['A', 'B']
+        """
+        return {path: operator.attrgetter(path)(self) for path in self.ADAPTER_TENSORS}
+
+    def trainable_extras(self) -> list[nn.Parameter]:
+        """The trainable adapter parameters besides ``A`` and ``B`` (DoRA's ``m``, AdaLoRA's ``E``; none here)."""
+        return [t for path, t in self.adapter_tensors().items()
+                if path not in ("A", "B") and isinstance(t, nn.Parameter)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
+        if self.merged or self.disabled:
             return self.base(x)
         if self._fusable(x):
             return _FusedLoRALinear.apply(x, self.base.weight, self.base.bias, self.A, self.B, self.scaling)
@@ -229,11 +415,12 @@ class LoRALinear(nn.Module):
         a sum too large for the weight's dtype).
         """
         dtype = self.base.weight.dtype
-        merged = (self.base.weight.to(self._compute_dtype()) + self.delta_weight()).to(dtype)
+        merged = self.effective_weight().to(dtype)
         if not torch.isfinite(merged).all():
+            names = " and ".join(f"layer.{p}" for p in self.ADAPTER_TENSORS)
             raise ValueError(
-                f"merging would put NaN/Inf into the {dtype} base weight (A or B holds non-finite values, "
-                "or W + ΔW overflows the dtype); nothing was changed — inspect layer.A and layer.B, "
+                f"merging would put NaN/Inf into the {dtype} base weight (an adapter tensor holds non-finite "
+                f"values, or the merged weight overflows the dtype); nothing was changed — inspect {names}, "
                 "or reset them with reset_lora_parameters()"
             )
         return merged
@@ -270,3 +457,6 @@ class LoRALinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
             f"alpha={self.alpha:g}, scaling={self.scaling:g} ({kind}), merged={self.merged}"
         )
+
+
+register_variant(LoRALinear)

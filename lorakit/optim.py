@@ -1,4 +1,4 @@
-"""Riemannian-preconditioned optimizers for LoRA factors: scaled GD and scaled AdamW.
+"""Riemannian-preconditioned optimizers for LoRA factors: scaled GD and scaled AdamW (Chapter 10).
 
 A LoRA layer learns ``ΔW = s · B A`` with ``A`` of shape ``(r, in)``, ``B`` of
 shape ``(out, r)`` and ``s = alpha / r`` (the book's convention). Scaled gradient
@@ -41,7 +41,7 @@ from torch import nn
 from .inject import lora_layers
 from .layer import LoRALinear
 
-__all__ = ["ScaledGD", "ScaledAdamW", "lora_param_groups", "preconditioned_gradients"]
+__all__ = ["ScaledGD", "ScaledAdamW", "lora_param_groups", "preconditioned_gradients", "adam_moments", "adam_direction"]
 
 OnSingular = Literal["identity", "raise"]
 #: A model with LoRA layers, or an iterable of ``LoRALinear`` / ``(name, LoRALinear)``.
@@ -62,8 +62,56 @@ def _check_on_singular(on_singular: Any) -> None:
         raise ValueError(f"on_singular={on_singular!r} is unknown: use 'identity' or 'raise'")
 
 
+def adam_moments(
+    state: dict[str, Any], grad: torch.Tensor, betas: tuple[float, float], eps: float
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Advance Adam's moments in ``state`` by ``grad``; return ``(m, √v̂ + eps, 1 − β₁ᵗ)`` (Chapter 10).
+
+    The one Adam update of lorakit: the step is ``p -= lr / (1 − β₁ᵗ) · m / (√v̂ + eps)``, which
+    :class:`ScaledAdamW` applies to preconditioned gradients and :func:`adam_direction` returns for
+    :class:`lorakit.variants.GaLoreAdamW`'s projected ones. ``state`` gains ``exp_avg`` and ``exp_avg_sq``
+    (shaped like ``grad``) on first use and its ``step`` count (int or tensor) is incremented; the
+    arithmetic is ``torch.optim.AdamW``'s.
+
+    Example:
+        >>> state = {"step": 0}
+        >>> m, denom, bias1 = adam_moments(state, torch.tensor([2.0]), (0.9, 0.999), 1e-8)
+        >>> round(float(m / denom / bias1), 6), state["step"]   # the first step is sign(g)
+        (1.0, 1)
+    """
+    beta1, beta2 = betas
+    if "exp_avg" not in state:
+        state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+    state["step"] = state.get("step", 0) + 1
+    t = float(state["step"])
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+    return exp_avg, denom, 1 - beta1**t
+
+
+def adam_direction(
+    state: dict[str, Any], grad: torch.Tensor, betas: tuple[float, float], eps: float
+) -> torch.Tensor:
+    """:func:`adam_moments`' step direction ``m / (1 − β₁ᵗ) / (√v̂ + eps)`` as one tensor (Chapter 10).
+
+    Example:
+        >>> d = adam_direction({}, torch.tensor([2.0, -3.0]), (0.9, 0.999), 1e-8)
+        >>> [round(x, 6) for x in d.tolist()]
+        [1.0, -1.0]
+    """
+    exp_avg, denom, bias1 = adam_moments(state, grad, betas, eps)
+    return (exp_avg / bias1).div_(denom)
+
+
 def lora_param_groups(source: LoRASource) -> list[dict[str, Any]]:
-    """One param group ``{"params": [A, B], "layer": name}`` per LoRA layer of ``source``.
+    """One param group ``{"params": [A, B, *extras], "layer": name}`` per LoRA layer of ``source`` (Chapter 10).
+
+    ``extras`` are the layer's other trainable adapter tensors (DoRA's magnitude ``m``, AdaLoRA's
+    ``E``): the scaled optimizers precondition ``A`` and ``B`` and give the extras the plain
+    (unpreconditioned) step of the same optimizer, so no adapter tensor is left untrained.
 
     Args:
         source: a model containing :class:`~lorakit.layer.LoRALinear` layers (a
@@ -121,24 +169,32 @@ def lora_param_groups(source: LoRASource) -> list[dict[str, Any]]:
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        groups.append({"params": [layer.A, layer.B], "layer": name})
+        extras = [p for p in layer.trainable_extras() if p.requires_grad]
+        groups.append({"params": [layer.A, layer.B, *extras], "layer": name})
     return groups
 
 
 def _check_group(group: dict[str, Any]) -> None:
     params = group["params"]
     name = group.get("layer", "?")
-    if len(params) != 2:
+    if len(params) < 2:
         raise ValueError(
             f"param group for layer {name!r} holds {len(params)} tensors; a scaled optimizer's group must be "
-            "exactly one LoRA layer's [A, B] — build groups with lorakit.optim.lora_param_groups(model)"
+            "one LoRA layer's [A, B, *extras] — build groups with lorakit.optim.lora_param_groups(model)"
         )
-    A, B = params
+    A, B = params[:2]
     if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
         raise ValueError(
             f"param group for layer {name!r} is not a LoRA pair: A must be (r, in) and B (out, r), got "
             f"{tuple(A.shape)} and {tuple(B.shape)}; build groups with lorakit.optim.lora_param_groups(model)"
         )
+    for extra in params[2:]:
+        if extra.dim() != 1 or extra.shape[0] not in (A.shape[0], B.shape[0]):
+            raise ValueError(
+                f"param group for layer {name!r} holds a {tuple(extra.shape)} tensor after A and B; a scaled "
+                "optimizer's group is exactly one LoRA layer's [A, B] plus its 1-D adapter tensors (DoRA's m, "
+                "AdaLoRA's E) — build groups with lorakit.optim.lora_param_groups(model)"
+            )
 
 
 def _solve_gram(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor | None:
@@ -160,7 +216,7 @@ def preconditioned_gradients(
     on_singular: OnSingular = "identity",
     layer: str = "?",
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The scaled directions ``(BᵀB + λI)⁻¹ ∇_A`` and ``∇_B (AAᵀ + λI)⁻¹``.
+    """The scaled directions ``(BᵀB + λI)⁻¹ ∇_A`` and ``∇_B (AAᵀ + λI)⁻¹`` (Chapter 10).
 
     Computed in float32 (float64 stays float64) and returned in each factor's dtype.
 
@@ -227,11 +283,16 @@ class _ScaledOptimizer(torch.optim.Optimizer):
         if "on_singular" in group:
             _check_on_singular(group["on_singular"])
 
+    @staticmethod
+    def _with_extras(group: dict[str, Any], directions: tuple) -> list[torch.Tensor | None]:
+        """The directions of ``A``, ``B``, then the plain gradients of the group's extra tensors."""
+        return [*directions, *(p.grad for p in group["params"][2:])]
+
     def _directions(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         # All directions first, then all updates: a "raise" leaves every parameter untouched.
         directions = []
         for group in self.param_groups:
-            A, B = group["params"]
+            A, B = group["params"][:2]
             directions.append(
                 preconditioned_gradients(
                     A, B, A.grad, B.grad, group["damping"], on_singular=group["on_singular"], layer=group["layer"]
@@ -241,7 +302,7 @@ class _ScaledOptimizer(torch.optim.Optimizer):
 
 
 class ScaledGD(_ScaledOptimizer):
-    """Scaled (Riemannian-preconditioned) gradient descent on LoRA factors.
+    """Scaled (Riemannian-preconditioned) gradient descent on LoRA factors (Chapter 10).
 
     One step, for each LoRA layer (``A``: ``r × in``, ``B``: ``out × r``)::
 
@@ -298,17 +359,15 @@ class ScaledGD(_ScaledOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, (dA, dB) in zip(self.param_groups, self._directions()):
-            A, B = group["params"]
-            if dA is not None:
-                A.add_(dA, alpha=-group["lr"])
-            if dB is not None:
-                B.add_(dB, alpha=-group["lr"])
+        for group, directions in zip(self.param_groups, self._directions()):
+            for p, direction in zip(group["params"], self._with_extras(group, directions)):
+                if direction is not None:
+                    p.add_(direction, alpha=-group["lr"])
         return loss
 
 
 class ScaledAdamW(_ScaledOptimizer):
-    """AdamW fed with Riemannian-preconditioned gradients (the source's ``AdamWr``).
+    """AdamW fed with Riemannian-preconditioned gradients (the source's ``AdamWr``) (Chapter 10).
 
     For each factor ``p`` of each LoRA layer, with ``g̃`` the scaled direction
     (``g̃_A = (BᵀB + λI)⁻¹ ∇_A f``, ``g̃_B = ∇_B f (AAᵀ + λI)⁻¹``, Gram matrices
@@ -387,22 +446,14 @@ class ScaledAdamW(_ScaledOptimizer):
             with torch.enable_grad():
                 loss = closure()
         for group, directions in zip(self.param_groups, self._directions()):
-            beta1, beta2 = group["betas"]
-            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-            for p, direction in zip(group["params"], directions):
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            for p, direction in zip(group["params"], self._with_extras(group, directions)):
                 if direction is None:
                     continue
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = float(state["step"])
                 p.mul_(1 - lr * weight_decay)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(direction, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(direction, direction, value=1 - beta2)
-                denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-                p.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**t))
+                exp_avg, denom, bias1 = adam_moments(state, direction, group["betas"], group["eps"])
+                p.addcdiv_(exp_avg, denom, value=-lr / bias1)
         return loss

@@ -1,4 +1,4 @@
-"""Reproducibility: one call that makes a run repeatable.
+"""Reproducibility: one call that makes a run repeatable (Chapter 1).
 
 Every notebook starts with ``seed_everything(0)``. It seeds Python's, NumPy's and
 PyTorch's generators and fixes the number of CPU threads, because a matrix
@@ -17,7 +17,7 @@ __all__ = ["seed_everything"]
 
 
 def seed_everything(seed: int, threads: int | None = 1) -> torch.Generator:
-    """Seed ``random``, ``numpy`` and ``torch`` and fix torch's CPU thread count.
+    """Seed ``random``, ``numpy`` and ``torch`` and fix torch's CPU thread count (Chapter 1).
 
     Args:
         seed: any non-negative int.

@@ -1,4 +1,4 @@
-"""The training loop every chapter shares.
+"""The training loop every chapter shares (Chapter 1).
 
 Data live in memory as tensors (the book's data sets are small), and mini-batches
 are slices of them: for small models this is several times faster than a
@@ -22,7 +22,7 @@ Sampling = Literal["shuffle", "sequential", "random_subsets"]
 
 @dataclass
 class History:
-    """What :func:`fit` records.
+    """What :func:`fit` records (Chapter 1).
 
     Attributes:
         train_loss: mean training loss of each epoch.
@@ -43,7 +43,7 @@ class History:
 
 
 def batch_indices(n: int, batch_size: int, sampling: Sampling, generator: torch.Generator | None) -> list[torch.Tensor]:
-    """The index batches of one epoch over ``n`` examples.
+    """The index batches of one epoch over ``n`` examples (Chapter 1).
 
     * ``"shuffle"``: a fresh permutation cut into batches (the last may be short);
     * ``"sequential"``: ``0..n-1`` in order, cut into batches;
@@ -86,7 +86,11 @@ def fit(
     progress: bool = True,
     desc: str = "training",
 ) -> History:
-    """Train ``model`` on ``(X, y)`` with mini-batches; return its :class:`History`.
+    """Train ``model`` on ``(X, y)`` with mini-batches; return its :class:`History` (Chapter 1).
+
+    If a batch's loss is NaN or Inf, training stops before that loss is back-propagated or any
+    optimizer step is taken with it: a ``ValueError`` names the epoch and the batch, and the model
+    keeps the parameters of the last good step.
 
     Args:
         model: put in train mode during the steps and in eval mode for ``evaluate``.
@@ -108,6 +112,12 @@ def fit(
         ...         epochs=2, batch_size=16, progress=False)
         >>> len(h.train_loss)
         2
+        >>> y[40] = float("nan")
+        >>> fit(model, X, y, loss_fn=nn.functional.mse_loss, optimizer=opt, epochs=2, batch_size=16,
+        ...     sampling="sequential", progress=False)
+        Traceback (most recent call last):
+            ...
+        ValueError: the loss became nan at epoch 1, batch 3 of 4 (examples 32..47); training stopped before using it (no backward, no optimizer step). Check the inputs and labels of that batch, or lower the learning rate
     """
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} examples but y has {len(y)}; they must match")
@@ -118,9 +128,18 @@ def fit(
     for epoch in bar:
         model.train()
         total, count = 0.0, 0
-        for idx in batch_indices(len(X), batch_size, sampling, generator):
+        batches = batch_indices(len(X), batch_size, sampling, generator)
+        for number, idx in enumerate(batches, start=1):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(X[idx]), y[idx])
+            if not torch.isfinite(loss.detach()).all():
+                bar.close()
+                where = f"examples {int(idx.min())}..{int(idx.max())}" if sampling == "sequential" else f"{len(idx)} examples"
+                raise ValueError(
+                    f"the loss became {float(loss.detach().flatten()[0])} at epoch {epoch}, batch {number} of "
+                    f"{len(batches)} ({where}); training stopped before using it (no backward, no optimizer step). "
+                    "Check the inputs and labels of that batch, or lower the learning rate"
+                )
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)

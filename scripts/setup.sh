@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 LOCK=requirements/lock.txt
+REFERENCES=requirements/references.txt
 TORCH_PIN=$(grep -E '^torch==' "$LOCK")
 APT_PACKAGES="r-base-core r-base-dev libopenblas0-pthread dataset-fashion-mnist chromium fonts-noto-color-emoji"
 say() { printf '[setup] %s\n' "$*"; }
@@ -36,13 +37,17 @@ fi
 
 # 2. The virtual environment from the lock. torch goes first and alone: an unpinned torch
 #    requested by a dependency would pull a multi-GB CUDA build.
-stamp="$VENV/.lock-$(sha256sum "$LOCK" pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$VENV/.lock-$(sha256sum "$LOCK" "$REFERENCES" pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   say "building $VENV from $LOCK"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$TORCH_PIN" 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$LOCK" 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored" || true
+  # The test-only reference implementations live apart from the venv (why: see $REFERENCES).
+  rm -rf "$VENV/reference-packages"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --target "$VENV/reference-packages" \
+    -r "$REFERENCES" 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -c "import torch, lorakit, rpy2, jupyter_book, nbval" \
     || { say "the venv is incomplete; see the pip output above"; exit 1; }
   rm -f "$VENV"/.lock-*

@@ -145,3 +145,177 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         save_adapter(model, target)
     assert target.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+# --- every variant round-trips; files are checked ------------------------------------------------------------------
+
+import json  # noqa: E402
+
+from lorakit import LoraConfig, adapter_state_dict, inject_adapter  # noqa: E402
+
+VARIANT_CONFIGS = {
+    "lora": dict(variant="lora"),
+    "rslora": dict(variant="lora", rslora=True),
+    "dora": dict(variant="dora"),
+    "dora-undetached": dict(variant="dora", variant_options={"detach_norm": False}),
+    "pissa": dict(variant="pissa"),
+    "adalora": dict(variant="adalora"),
+    "qlora": dict(variant="qlora", variant_options={"double_quant": True, "block_size": 32}),
+}
+
+
+def base_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+
+
+def trained_variant(kind, seed=7):
+    model = base_model()
+    config = LoraConfig(r=2, target_modules=("0", "2"), match="exact", modules_to_save=("4",), **VARIANT_CONFIGS[kind])
+    inject_adapter(model, config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # move every trainable tensor, as training would
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model, config
+
+
+@pytest.mark.parametrize("kind", sorted(VARIANT_CONFIGS))
+def test_every_variant_round_trips_exactly(tmp_path, kind):
+    source, config = trained_variant(kind)
+    path = save_adapter(source, tmp_path / "a.safetensors")
+    x = torch.randn(4, 6)
+    expected = source(x)
+    # 1. into a model injected with the same config
+    injected = base_model()
+    inject_adapter(injected, config)
+    assert load_adapter(injected, path) == ["0", "2"]
+    assert torch.equal(injected(x), expected)
+    # 2. into the plain base model: the layers come from the stored config
+    plain = base_model()
+    assert load_adapter(plain, path) == ["0", "2"]
+    assert type(plain[0]) is type(source[0])
+    assert torch.equal(plain(x), expected)
+    assert {n for n, p in plain.named_parameters() if p.requires_grad} == {
+        n for n, p in source.named_parameters() if p.requires_grad}
+
+
+def test_file_holds_every_adapter_tensor_and_its_config(tmp_path):
+    model, config = trained_variant("dora")
+    from safetensors import safe_open
+
+    path = save_adapter(model, tmp_path / "a.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        keys, meta = sorted(handle.keys()), handle.metadata()
+    assert keys == ["0.A", "0.B", "0.m", "2.A", "2.B", "2.m", "modules_to_save.4.bias", "modules_to_save.4.weight"]
+    assert [LoraConfig.from_dict(c) for c in json.loads(meta["configs"])] == [config]
+    assert sorted(adapter_state_dict(base_model()) ) == []
+
+
+@pytest.mark.parametrize("saved,into", [("dora", "lora"), ("lora", "dora"), ("pissa", "lora"), ("adalora", "lora")])
+def test_adapter_of_one_variant_is_refused_by_another(tmp_path, saved, into):
+    path = save_adapter(trained_variant(saved)[0], tmp_path / "a.safetensors")
+    model, _ = trained_variant(into)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=f"(?s)nothing was loaded.*holds a '{saved}' layer"):
+        load_adapter(model, path)
+    assert_unchanged(model, before)
+
+
+def corrupt(path, how):
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x00\x01not a safetensors file at all" * 3)
+    elif how == "empty":
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("into", ["injected", "plain"])
+def test_corrupt_file_is_refused_naming_it(tmp_path, how, into):
+    model = make_model() if into == "injected" else base_model()
+    path = save_adapter(make_model(), tmp_path / "a.safetensors")
+    corrupt(path, how)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=f"{path.name} is not a readable safetensors file.*save_adapter"):
+        load_adapter(model, path)
+    assert_unchanged(model, before)
+
+
+def rewrite(path, tensors=None, **metadata_changes):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    metadata.update(metadata_changes)
+    save_file(tensors if tensors is not None else load_file(path), str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_tensors_are_refused(tmp_path, value):
+    from safetensors.torch import load_file
+
+    path = save_adapter(make_model(), tmp_path / "a.safetensors")
+    tensors = load_file(path)
+    tensors["2.B"][0, 0] = value
+    rewrite(path, tensors)
+    for model in (make_model(), base_model()):
+        before = snapshot(model)
+        with pytest.raises(ValueError, match="NaN/Inf values in tensor\\(s\\) 2.B"):
+            load_adapter(model, path)
+        assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("change", [{"configs": "{not json"}, {"layers": "[1, 2]"},
+                                    {"configs": json.dumps([{"r": 2, "target_modules": ["0"], "variant": "lorra"}])}])
+def test_bad_metadata_is_refused_naming_the_file(tmp_path, change):
+    path = save_adapter(make_model(), tmp_path / "a.safetensors")
+    rewrite(path, **change)
+    model = base_model()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="a.safetensors has unreadable adapter metadata"):
+        load_adapter(model, path)
+    assert_unchanged(model, before)
+
+
+def test_plain_base_of_another_architecture_is_refused_unchanged(tmp_path):
+    path = save_adapter(trained_variant("pissa")[0], tmp_path / "a.safetensors")
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    before = snapshot(other)
+    with pytest.raises(ValueError, match="nothing was loaded"):
+        load_adapter(other, path)
+    assert_unchanged(other, before)  # PiSSA's rewrite of the base weight was undone
+
+
+def test_first_format_files_still_load(tmp_path):
+    source = make_model()
+    randomize(source, 1)
+    tensors = {k: v.contiguous() for k, v in adapter_state_dict(source).items()}
+    layers = {n: {"r": 2, "alpha": 1.0, "rslora": False} for n in ("0", "2")}
+    path = tmp_path / "v1.safetensors"
+    save_file(tensors, str(path), metadata={"format": "lorakit-adapter/1", "layers": json.dumps(layers)})
+    plain = base_model()
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    load_adapter(plain, path)
+    assert plain[0].alpha == 1.0
+    x = torch.randn(3, 6)
+    for layer in (source[0], source[2]):
+        layer.alpha = 1.0
+    assert torch.allclose(plain(x), source(x))
+
+
+def test_modules_to_save_must_match_when_loading_into_an_injected_model(tmp_path):
+    source, config = trained_variant("lora")
+    path = save_adapter(source, tmp_path / "a.safetensors")
+    model = base_model()
+    inject_adapter(model, LoraConfig(r=2, target_modules=("0", "2"), match="exact"))  # no modules_to_save
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="saves modules \\['4'\\], the model trains \\[\\] in full"):
+        load_adapter(model, path)
+    assert_unchanged(model, before)

@@ -303,7 +303,7 @@ def test_bad_param_groups() -> None:
     model = two_layer_model()
     opt = ScaledGD(model[0], lr=0.1)
     with pytest.raises(ValueError, match="exactly one LoRA layer"):
-        opt.add_param_group({"params": [model[2].A, model[2].B, model[2].base.bias]})
+        opt.add_param_group({"params": [model[2].A, model[2].B, model[2].base.weight]})
     with pytest.raises(ValueError, match="not a LoRA pair"):
         opt.add_param_group({"params": [model[2].B, model[2].A]})  # swapped: (3, 2) and (2, 6)
     with pytest.raises(ValueError, match="damping"):
@@ -377,3 +377,63 @@ def test_low_precision_factors_keep_their_dtype() -> None:
     (layer.delta_weight().pow(2).sum()).backward()
     ScaledGD(layer, lr=0.01).step()
     assert layer.A.dtype == torch.bfloat16 and torch.isfinite(layer.A.float()).all()
+
+
+# --- every trainable adapter tensor of every variant is trained -------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["dora", "adalora"])
+@pytest.mark.parametrize("optimizer", [ScaledGD, ScaledAdamW])
+def test_scaled_optimizers_train_every_adapter_tensor(variant, optimizer) -> None:
+    from lorakit import LoraConfig, inject_adapter
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    inject_adapter(model, LoraConfig(r=2, target_modules=("0", "2"), match="exact", variant=variant))
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.B.normal_(0, 0.1)
+            if variant == "adalora":
+                layer.E.fill_(0.5)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    grouped = {id(p) for g in lora_param_groups(model) for p in g["params"]}
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+    opt = optimizer(model, lr=0.05)
+    model(torch.randn(16, 6)).square().mean().backward()
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])}
+    assert moved == set(trainable), set(trainable) - moved  # m (DoRA) / E (AdaLoRA) included
+
+
+def test_extras_take_the_plain_step() -> None:
+    from lorakit import LoraConfig, inject_adapter
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5))
+    inject_adapter(model, LoraConfig(r=2, target_modules="0", variant="dora"))
+    m0 = model[0].m.detach().clone()
+    opt = ScaledGD(model, lr=0.1)
+    model(torch.randn(8, 6)).square().mean().backward()
+    grad = model[0].m.grad.clone()
+    opt.step()
+    assert torch.allclose(model[0].m, m0 - 0.1 * grad)
+
+
+def test_scaled_adamw_matches_torch_adamw_on_extras() -> None:
+    # adam_direction is torch.optim.AdamW's arithmetic: on an unpreconditioned tensor the steps agree.
+    from lorakit import LoraConfig, inject_adapter
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5))
+    inject_adapter(model, LoraConfig(r=2, target_modules="0", variant="dora"))
+    m = model[0].m
+    twin = nn.Parameter(m.detach().clone())
+    ours, ref = ScaledAdamW(model, lr=0.01, weight_decay=0.1), torch.optim.AdamW([twin], lr=0.01, weight_decay=0.1)
+    X = torch.randn(8, 6)
+    for _ in range(3):
+        ours.zero_grad()
+        model(X).square().mean().backward()
+        twin.grad = m.grad.clone()
+        ours.step()
+        ref.step()
+        assert torch.allclose(m, twin, atol=1e-7, rtol=0)

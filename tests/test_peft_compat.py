@@ -200,9 +200,7 @@ def test_every_peft_default_is_accepted(tmp_path):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("use_dora", True),
         ("bias", "all"),
-        ("modules_to_save", ["head"]),
         ("rank_pattern", {"query": 8}),
         ("alpha_pattern", {"query": 8}),
         ("fan_in_fan_out", True),
@@ -327,3 +325,81 @@ def test_bench_runs_and_reports_sane_ratios(tmp_path):
     out = tmp_path / "b.json"
     assert bench.main(["--d", "32", "--tokens", "16", "--r", "2", "--repeats", "2", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["results"][0]["d"] == 32
+
+
+# --- bad adapter directories are refused cleanly ----------------------------------------------------------------
+
+
+def peft_dir(tmp_path):
+    get_peft_model(base_model(), LoraConfig(r=2, lora_alpha=2, target_modules=["query"])).save_pretrained(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"peft_type": "LORA", "r": 2,', "is not valid JSON"),
+    ("[1, 2, 3]", "holds a JSON list, not an object"),
+    ("", "is not valid JSON"),
+])
+def test_broken_config_json_is_refused_naming_the_file(tmp_path, text, message):
+    directory = peft_dir(tmp_path)
+    (directory / CONFIG_NAME).write_text(text)
+    model = base_model()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=f"{CONFIG_NAME} {message}.*save_pretrained"):
+        load_peft_adapter(model, directory)
+    assert not list(lk.lora_layers(model))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "nan"])
+def test_broken_weights_are_refused_naming_the_file(tmp_path, how):
+    from safetensors.torch import load_file, save_file
+
+    directory = peft_dir(tmp_path)
+    path = directory / WEIGHTS_NAME
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif how == "garbage":
+        path.write_bytes(b"not safetensors" * 5)
+    else:
+        tensors = load_file(str(path))
+        key = sorted(tensors)[0]
+        tensors[key][0, 0] = float("nan")
+        save_file(tensors, str(path))
+    model = base_model()
+    before = copy.deepcopy(model.state_dict())
+    message = "NaN/Inf" if how == "nan" else "is not a readable safetensors file"
+    with pytest.raises(ValueError, match=f"{WEIGHTS_NAME} .*{message}|{WEIGHTS_NAME} {message}"):
+        load_peft_adapter(model, directory)
+    assert not list(lk.lora_layers(model))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_dora_without_its_magnitude_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    peft_model = get_peft_model(base_model(), LoraConfig(r=2, lora_alpha=2, target_modules=["query"], use_dora=True))
+    peft_model.save_pretrained(str(tmp_path))
+    tensors = {k: v for k, v in load_file(str(tmp_path / WEIGHTS_NAME)).items() if "magnitude" not in k}
+    save_file(tensors, str(tmp_path / WEIGHTS_NAME))
+    model = base_model()
+    with pytest.raises(ValueError, match="lora_magnitude_vector' is missing"):
+        load_peft_adapter(model, tmp_path)
+    assert not list(lk.lora_layers(model))
+
+
+def test_invalid_regex_target_in_a_peft_config_names_the_pattern(tmp_path):
+    directory = peft_dir(tmp_path)
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    config["target_modules"] = "blocks.(0"
+    (directory / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="target_modules='blocks.\\(0' is not a valid regular expression"):
+        load_peft_adapter(base_model(), directory)
+
+
+def test_undetached_dora_is_not_exported(tmp_path):
+    model = base_model()
+    lk.inject_adapter(model, lk.LoraConfig(r=2, target_modules=["query"], variant="dora",
+                                           variant_options={"detach_norm": False}))
+    with pytest.raises(ValueError, match="detach_norm=False"):
+        save_peft_adapter(model, tmp_path / "out")

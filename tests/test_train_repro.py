@@ -81,3 +81,24 @@ def test_low_rank_shift_has_the_asked_rank_and_spectrum():
     torch.testing.assert_close(torch.linalg.svdvals(shift)[:4], torch.tensor([3.0, 2.0, 1.0, 0.0]), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="rank=16"):
         low_rank_shift(20, 15, 16, generator=torch.Generator())
+
+
+def test_fit_stops_on_a_non_finite_loss_naming_the_step_and_changes_nothing_further():
+    import pytest
+    from torch import nn as _nn
+
+    torch.manual_seed(0)
+    model = _nn.Linear(3, 1)
+    X, y = torch.randn(32, 3), torch.randn(32, 1)
+    y[20] = float("inf")  # batch 3 of 4 with batch_size 8, sequential
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    seen = []
+    real_step = opt.step
+    opt.step = lambda *a, **k: (seen.append({k: v.clone() for k, v in model.state_dict().items()}), real_step(*a, **k))[1]
+    with pytest.raises(ValueError, match="loss became inf at epoch 1, batch 3 of 4 \\(examples 16..23\\)"):
+        fit(model, X, y, loss_fn=_nn.functional.mse_loss, optimizer=opt, epochs=1, batch_size=8,
+                    sampling="sequential", progress=False)
+    assert len(seen) == 2  # two good steps, none with the bad loss
+    after_two = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.isfinite(v).all() for v in after_two.values())
+    assert all(p.grad is None for p in model.parameters())  # zeroed, never back-propagated

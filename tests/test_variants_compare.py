@@ -35,7 +35,7 @@ def test_every_method_runs_and_reports(method, task):
         "adalora": 6 * (784 + 512) + 6 * (512 + 512) + 12,
     }.get(method, lora_params)
     assert res.trainable == expected_trainable
-    assert 0.0 <= res.accuracy <= 1.0 and res.steps == (0 if method == "frozen" else 10)
+    assert res.steps == (0 if method == "frozen" else 10)
     assert method in WHERE_IT_APPLIES
     if method in ("lora", "lora+", "rslora", "qlora"):
         assert max(res.update_ranks.values()) <= r
@@ -75,3 +75,36 @@ def test_effective_weight_and_bad_input():
         prepare_variant("vera", fresh())
     with pytest.raises(ValueError, match="total_steps"):
         prepare_variant("lora", fresh(), total_steps=5)
+
+
+@pytest.fixture(scope="module")
+def chapter_task():
+    """The Chapter 11 task, cut down: 600 rotated FashionMNIST training images, 1000 test images."""
+    from lorakit import transfer
+
+    X, y, Xt, yt = transfer.downstream_task(n_train=600)
+    return X, y, Xt[:1000], yt[:1000], transfer.pretrained_mlp(progress=False)
+
+
+@pytest.fixture(scope="module")
+def chapter_results(chapter_task):
+    import copy
+
+    X, y, Xt, yt, base = chapter_task
+    return {m: run_variant(m, X, y, Xt, yt, r=4, lr=3e-3, epochs=4, batch_size=25, model=copy.deepcopy(base),
+                           progress=False) for m in METHODS}
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "frozen"])
+def test_every_method_beats_the_frozen_model_on_the_chapter_task(chapter_results, method):
+    # The pretrained model is near chance on rotated images (≈ 4 %); 96 steps of any method must learn the task.
+    frozen = chapter_results["frozen"].accuracy
+    assert frozen < 0.1
+    assert chapter_results[method].accuracy > frozen + 0.3, (method, chapter_results[method].accuracy)
+
+
+def test_methods_that_update_only_the_adapter_leave_the_frozen_parts_alone(chapter_results):
+    # LoRA-family updates live in the two adapted layers; the frozen model's update is exactly zero.
+    assert all(n == 0 for n in chapter_results["frozen"].update_norms.values())
+    for method in ("lora", "dora", "pissa", "qlora"):
+        assert all(n > 0 for n in chapter_results[method].update_norms.values())

@@ -1,13 +1,14 @@
-"""Helpers shared by the variants: wrap Linear layers with any LoRA-like factory, measure update rank."""
+"""Helpers shared by the variants: wrap Linear layers in a variant layer, measure update rank (Chapter 11)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from ..inject import MatchMode, select_linears, swap_in
+from ..config import LoraConfig, MatchMode
+from ..inject import build_and_swap, inject_adapter, select_linears
 from ..layer import LoRALinear
 
 __all__ = ["wrap_linears", "update_rank"]
@@ -16,60 +17,46 @@ __all__ = ["wrap_linears", "update_rank"]
 def wrap_linears(
     model: nn.Module,
     targets: str | Iterable[str],
-    factory: Callable[[nn.Linear], LoRALinear],
+    variant: str | Callable[[nn.Linear], LoRALinear],
     *,
     match: MatchMode = "suffix",
+    **settings: Any,
 ) -> list[str]:
-    """Replace the targeted ``nn.Linear`` layers by ``factory(layer)``, in place.
+    """Wrap the targeted ``nn.Linear`` layers in the layer of ``variant``, in place (Chapter 11).
 
-    The generalisation of :func:`lorakit.inject_lora` to any :class:`LoRALinear`
-    subclass: the same choice of layers (:func:`lorakit.inject.select_linears`) and the
-    same swap (:func:`lorakit.inject.swap_in`), with ``factory`` in between. Every parameter of the model is frozen first; afterwards only the
-    parameters the wrappers create (``A``, ``B``, and e.g. DoRA's magnitude) train.
-    All wrappers are built before the model is touched, so an error changes nothing.
-
-    Args:
-        model: any module.
-        targets: one layer name or several (matched as in :func:`lorakit.inject_lora`).
-        factory: builds the wrapper from a Linear, e.g. ``lambda lin: DoRALinear(lin, r=4)``.
-        match: ``"suffix"``, ``"exact"`` or ``"regex"``.
+    ``wrap_linears(model, targets, "dora", r=4)`` is
+    ``inject_adapter(model, LoraConfig(variant="dora", r=4, target_modules=targets))``: the one
+    injection path, through the registry. ``settings`` are :class:`lorakit.LoraConfig` fields
+    (``r``, ``alpha``, ``dropout``, ``init_A``, ``rslora``, ``variant_options``, ``modules_to_save``).
+    For layers that are not registered, ``variant`` may also be a builder ``layer -> LoRALinear``
+    (then ``settings`` must be empty); it goes through the same all-or-nothing
+    :func:`lorakit.inject.build_and_swap`.
 
     Returns:
         The qualified names of the wrapped layers, in model order.
 
     Raises:
-        ValueError: a target matches nothing, ``match`` is unknown, or a layer already carries LoRA.
-        TypeError: a matched module is not an ``nn.Linear``, or the factory does not
-            return a ``LoRALinear``.
+        ValueError: a target matches nothing, ``match`` or ``variant`` is unknown, a layer already
+            carries LoRA, or a setting is invalid.
+        TypeError: a matched module is not an ``nn.Linear``, or a builder does not return a ``LoRALinear``.
 
     Example:
-        >>> from lorakit.variants import DoRALinear
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-        >>> wrap_linears(model, ["0", "2"], lambda lin: DoRALinear(lin, r=1), match="exact")
+        >>> wrap_linears(model, ["0", "2"], "dora", r=1, match="exact")
         ['0', '2']
+        >>> type(model[2]).__name__
+        'DoRALinear'
     """
-    chosen = select_linears(model, targets, match)
-    # Factories such as PiSSA rewrite the base weight: build them on copies, swap in only when all succeeded.
-    originals = {name: module.weight.detach().clone() for name, module in chosen.items()}
-    wrappers: dict[str, LoRALinear] = {}
-    try:
-        for name, module in chosen.items():
-            wrapper = factory(module)
-            if not isinstance(wrapper, LoRALinear):
-                raise TypeError(f"factory returned a {type(wrapper).__name__}; it must return a LoRALinear (subclass)")
-            wrappers[name] = wrapper
-    except Exception:
-        with torch.no_grad():
-            for name, module in chosen.items():
-                module.weight.copy_(originals[name])
-        raise
-    # The wrapper's own trainable parameters (A, B, DoRA's m, AdaLoRA's E), not its frozen base's.
-    trainable = [p for w in wrappers.values() for p in w.parameters(recurse=False) if p.requires_grad]
-    return swap_in(model, wrappers, trainable)
+    if isinstance(variant, str):
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        return inject_adapter(model, LoraConfig(target_modules=tuple(targets), match=match, variant=variant, **settings))
+    if settings:
+        raise TypeError(f"settings {sorted(settings)} go with a variant name, not with a builder; pass a name such as 'dora'")
+    return build_and_swap(model, select_linears(model, targets, match), variant)
 
 
 def update_rank(delta: torch.Tensor, rtol: float = 1e-3) -> int:
-    """Numerical rank of a weight update: singular values above ``rtol`` × the largest.
+    """Numerical rank of a weight update: singular values above ``rtol`` × the largest (Chapter 11).
 
     Args:
         delta: a 2-D update ``W_after - W_before`` of shape ``(out, in)``.

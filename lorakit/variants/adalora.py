@@ -1,4 +1,4 @@
-"""AdaLoRA (Zhang et al., 2023): an SVD-shaped adapter whose rank budget is pruned during training.
+"""AdaLoRA (Zhang et al., 2023): an SVD-shaped adapter whose rank budget is pruned during training (Chapter 11).
 
 The update is written like an SVD, ``ΔW = s · P diag(λ) Q`` with ``P`` (``out × r``,
 stored as ``B``), ``Q`` (``r × in``, stored as ``A``) and the "singular values" ``λ``
@@ -12,22 +12,31 @@ falling on a cubic schedule from the initial total rank to the target.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layer import LoRALinear
+from ..layer import LoRALinear, register_variant
 
 __all__ = ["AdaLoRALinear", "AdaLoRAController", "orthogonal_regularizer"]
 
 
+@register_variant
 class AdaLoRALinear(LoRALinear):
-    """LoRA in SVD form, ``ΔW = s · B diag(E) A`` (``B`` = P, ``E`` = Λ, ``A`` = Q).
+    """LoRA in SVD form, ``ΔW = s · B diag(E) A`` (``B`` = P, ``E`` = Λ, ``A`` = Q) (Chapter 11).
+
+    The adapter holds ``A``, ``B`` and ``E``; the pruning state is ``E`` itself (a pruned triplet has
+    ``λ_i = 0``), so a saved adapter keeps the ranks it was pruned to. The controller's smoothed
+    scores are training state, like an optimizer's moments, and are not saved.
 
     Args:
         base: the ``nn.Linear`` to adapt (frozen).
         r: the initial rank (number of triplets) of this layer.
-        alpha: scaling numerator, ``s = alpha / r``.
+        alpha: scaling numerator, ``s = alpha / r`` (``None``: ``alpha = r``).
+        dropout, rslora: as :class:`lorakit.LoRALinear`.
+        init_A: must be left ``None`` (A, B start N(0, 0.02²) as in the paper's code).
 
     Attributes:
         E: trainable singular values, shape ``(r,)``, zero at init (so ``ΔW = 0``).
@@ -41,9 +50,13 @@ class AdaLoRALinear(LoRALinear):
         (torch.Size([3]), 0)
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float = 1.0, *, dropout: float = 0.0) -> None:
-        super().__init__(base, r, alpha, dropout=dropout)
-        self.E = nn.Parameter(torch.zeros(r, device=base.weight.device, dtype=base.weight.dtype))
+    VARIANT: ClassVar[str] = "adalora"
+    ADAPTER_TENSORS: ClassVar[tuple[str, ...]] = ("A", "B", "E")
+    INIT_CHOICES: ClassVar[tuple[str, ...]] = ("normal",)
+    INIT_NOTE: ClassVar[str] = "AdaLoRA draws A and B from N(0, 0.02²) and starts E at 0"
+
+    def _init_variant(self) -> None:
+        self.E = nn.Parameter(torch.zeros(self.r, device=self.A.device, dtype=self.A.dtype))
 
     def reset_lora_parameters(self) -> None:
         """``A``, ``B`` ~ N(0, 0.02²) as in the paper's code, ``E = 0`` (so ``ΔW = 0``)."""
@@ -64,14 +77,14 @@ class AdaLoRALinear(LoRALinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return y
         h = F.linear(self.dropout(x), self.A) * (self.E * self.scaling)
         return y + F.linear(h, self.B)
 
 
 def orthogonal_regularizer(model: nn.Module) -> torch.Tensor:
-    """``Σ_layers ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F`` over every :class:`AdaLoRALinear`; add ``γ`` × this to the loss.
+    """``Σ_layers ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F`` over every :class:`AdaLoRALinear`; add ``γ`` × this to the loss (Chapter 11).
 
     Example:
         >>> model = nn.Sequential(AdaLoRALinear(nn.Linear(6, 4), r=2))
@@ -89,7 +102,7 @@ def orthogonal_regularizer(model: nn.Module) -> torch.Tensor:
 
 
 class AdaLoRAController:
-    """Score the triplets of every :class:`AdaLoRALinear` and prune to a shrinking total rank budget.
+    """Score the triplets of every :class:`AdaLoRALinear` and prune to a shrinking total rank budget (Chapter 11).
 
     Budget at step ``t`` (``b0`` = initial total rank, ``T`` = ``total_steps``):
     ``b0`` during the first ``warmup_steps``; then

@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..inject import count_parameters, inject_lora
+from ..config import LoraConfig
+from ..inject import count_parameters, inject_adapter
 from ..layer import LoRALinear
 from ..train import fit
 from ..transfer import LORA_TARGETS, accuracy, optimizer_state_bytes, pretrained_mlp
-from ._common import update_rank, wrap_linears
-from .adalora import AdaLoRAController, AdaLoRALinear, orthogonal_regularizer
-from .dora import DoRALinear
+from ._common import update_rank
+from .adalora import AdaLoRAController, orthogonal_regularizer
 from .galore import GaLoreAdamW
 from .lora_plus import loraplus_param_groups
-from .nf4 import QLoRALinear
-from .pissa import PiSSALinear
 from .relora import ReLoRA
 
 __all__ = ["METHODS", "WHERE_IT_APPLIES", "VariantResult", "effective_weight", "prepare_variant", "run_variant"]
@@ -57,7 +55,7 @@ WHERE_IT_APPLIES: dict[str, str] = {
 
 @dataclass
 class VariantResult:
-    """What :func:`run_variant` measured for one method.
+    """What :func:`run_variant` measured for one method (Chapter 11).
 
     Attributes:
         method: one of :data:`METHODS`.
@@ -93,33 +91,143 @@ class VariantResult:
 
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight a layer applies: ``W`` for ``nn.Linear``; ``W + ΔW`` (DoRA: ``W'``) for a LoRA layer.
+    """The weight a layer applies (detached): ``W`` for ``nn.Linear``, the layer's own
+    :meth:`~lorakit.LoRALinear.effective_weight` for any adapter layer (Chapter 11).
 
     Example:
         >>> lin = nn.Linear(3, 2)
         >>> torch.equal(effective_weight(lin), lin.weight.detach())
         True
     """
-    if isinstance(layer, DoRALinear):
-        return layer.adapted_weight().detach()
     if isinstance(layer, LoRALinear):
-        return layer.base.weight.detach().float() + layer.delta_weight().detach()
+        return layer.effective_weight().detach()
     if isinstance(layer, nn.Linear):
         return layer.weight.detach()
     raise TypeError(f"expected an nn.Linear or a LoRA layer, got {type(layer).__name__}")
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What one method's recipe needs: the model, the settings, the targets."""
+
+    model: nn.Module
+    r: int
+    alpha: float | None
+    lr: float
+    total_steps: int
+    targets: tuple[str, ...]
+
+    def inject(self, **settings: Any) -> None:
+        settings = {"r": self.r, "alpha": self.alpha, **settings}
+        inject_adapter(self.model, LoraConfig(target_modules=self.targets, match="exact", **settings))
+
+    def adam(self, lr: float | None = None) -> torch.optim.Optimizer:
+        return torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=lr or self.lr)
+
+
+_Recipe = Callable[[_Setup], "tuple[torch.optim.Optimizer, Callable, str]"]
+_CE = F.cross_entropy
+
+
+def _frozen(s: _Setup):
+    for p in s.model.parameters():
+        p.requires_grad_(False)
+    return torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=s.lr), _CE, "nothing trains"
+
+
+def _full(s: _Setup):
+    for p in s.model.parameters():
+        p.requires_grad_(True)
+    return s.adam(), _CE, "all parameters"
+
+
+def _lora(s: _Setup):
+    s.inject()
+    return s.adam(), _CE, "scaling alpha/r"
+
+
+def _lora_plus(s: _Setup):
+    s.inject()
+    return torch.optim.Adam(loraplus_param_groups(s.model, lr=s.lr, ratio=16.0)), _CE, "lr_B = 16 lr_A"
+
+
+def _rslora(s: _Setup):
+    s.inject(rslora=True)
+    return s.adam(), _CE, "scaling alpha/sqrt(r)"
+
+
+def _relora(s: _Setup):
+    s.inject()
+    opt = s.adam()
+    every = max(s.total_steps // 5, 1)
+    ReLoRA(s.model, opt, reset_every=every, warmup_steps=min(10, every - 1), prune_ratio=0.99,
+           seed=int(torch.randint(2**31, ())))  # from run_variant's seeded stream: reproducible alone
+    return opt, _CE, f"restart every {every} steps"
+
+
+def _dora(s: _Setup):
+    s.inject(variant="dora")
+    return s.adam(), _CE, f"r={s.r}, magnitude per output"
+
+
+def _pissa(s: _Setup):
+    s.inject(variant="pissa")
+    return s.adam(), _CE, "top-r singular triplets of W"
+
+
+def _qlora(s: _Setup):
+    s.inject(variant="qlora", variant_options={"double_quant": True})
+    return s.adam(), _CE, "NF4 base (double quant) + LoRA"
+
+
+def _adalora(s: _Setup):
+    r0 = s.r + s.r // 2
+    s.inject(variant="adalora", r=r0, alpha=float(r0))
+    opt = s.adam(10 * s.lr)
+    model, budget = s.model, s.r * len(s.targets)
+    controller = AdaLoRAController(model, target_rank=budget, total_steps=s.total_steps,
+                                   warmup_steps=s.total_steps // 10, final_steps=s.total_steps // 5)
+    controller.attach(opt)
+    model._adalora_controller = controller  # type: ignore[attr-defined]  # read back by run_variant
+
+    def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _CE(out, y) + 0.1 * orthogonal_regularizer(model)
+
+    return opt, loss_fn, f"lr x10; rank {r0}/layer pruned to {budget} in total"
+
+
+def _galore(s: _Setup):
+    # every parameter trains; the targeted 2-D weights get projected gradients.
+    for p in s.model.parameters():
+        p.requires_grad_(True)
+    projected = [s.model.get_submodule(name).weight for name in s.targets]
+    ids = {id(p) for p in projected}
+    rest = [p for p in s.model.parameters() if id(p) not in ids]
+    gap = max(s.total_steps // 4, 1)
+    opt = GaLoreAdamW([{"params": projected, "rank": s.r}, {"params": rest}], lr=s.lr / 0.25,
+                      update_proj_gap=gap, scale=0.25)
+    opt.param_groups[1]["lr"] = s.lr  # the unprojected parameters take the plain step size lr
+    return opt, _CE, f"rank {s.r}, projector refreshed every {gap} steps"
+
+
+#: Each method's recipe; the adapter methods inject through :func:`lorakit.inject_adapter` (the registry).
+_RECIPES: dict[str, _Recipe] = {
+    "frozen": _frozen, "full": _full, "lora": _lora, "lora+": _lora_plus, "rslora": _rslora, "dora": _dora,
+    "pissa": _pissa, "adalora": _adalora, "relora": _relora, "galore": _galore, "qlora": _qlora,
+}
 
 
 def prepare_variant(
     method: str, model: nn.Module, *, r: int = 8, alpha: float | None = None, lr: float = 1e-3,
     total_steps: int = 100, targets: tuple[str, ...] = LORA_TARGETS,
 ) -> tuple[torch.optim.Optimizer, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str]:
-    """Turn the pretrained ``model`` into ``method``'s trainable form, in place.
+    """Turn the pretrained ``model`` into ``method``'s trainable form, in place (Chapters 11 and 12).
 
-    Settings (the papers' defaults where a small model allows): ``alpha = r`` unless given;
-    LoRA+ ratio 16; rsLoRA scales by ``alpha/√r``; AdaLoRA starts at ``1.5 r`` per
-    layer and prunes to an average of ``r`` (10 % warm-up, 20 % final phase, ``γ = 0.1``) and
-    uses ``10 lr`` (its singular values start at 0 and Adam moves each by about ``lr`` per step);
-    ReLoRA restarts 4 times (warm-up 10 steps, 99 % state pruning); GaLore rank ``r``,
+    Settings (the papers' defaults where a small model allows): ``alpha = r`` unless given (lorakit's
+    one default); LoRA+ ratio 16; rsLoRA scales by ``alpha/√r``; DoRA with the detached norm (§4.3);
+    AdaLoRA starts at ``1.5 r`` per layer and prunes to an average of ``r`` (10 % warm-up, 20 % final
+    phase, ``γ = 0.1``) and uses ``10 lr`` (its singular values start at 0 and Adam moves each by about
+    ``lr`` per step); ReLoRA restarts 4 times (warm-up 10 steps, 99 % state pruning); GaLore rank ``r``,
     projector refreshed 4 times, ``scale = 0.25`` with ``lr / 0.25`` so the step size matches;
     QLoRA NF4 with double quantisation.
 
@@ -135,73 +243,11 @@ def prepare_variant(
         >>> type(model[0]).__name__, notes
         ('DoRALinear', 'r=2, magnitude per output')
     """
-    if method not in METHODS:
+    if method not in _RECIPES:
         raise ValueError(f"method={method!r} is unknown: choose one of {', '.join(METHODS)}")
     if total_steps < 10:
         raise ValueError(f"total_steps={total_steps} must be >= 10 (the schedules need room)")
-    ce = F.cross_entropy
-    targets = tuple(targets)
-    a = float(r) if alpha is None else float(alpha)
-
-    def trainables() -> list[nn.Parameter]:
-        return [p for p in model.parameters() if p.requires_grad]
-
-    if method == "frozen":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr), ce, "nothing trains"
-    if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return torch.optim.Adam(trainables(), lr=lr), ce, "all parameters"
-    if method in ("lora", "lora+", "rslora", "relora"):
-        inject_lora(model, list(targets), r=r, alpha=a, match="exact", rslora=method == "rslora")
-        if method == "lora+":
-            return torch.optim.Adam(loraplus_param_groups(model, lr=lr, ratio=16.0)), ce, "lr_B = 16 lr_A"
-        opt = torch.optim.Adam(trainables(), lr=lr)
-        if method == "relora":
-            every = max(total_steps // 5, 1)
-            ReLoRA(model, opt, reset_every=every, warmup_steps=min(10, every - 1), prune_ratio=0.99,
-                   seed=int(torch.randint(2**31, ())))  # from run_variant's seeded stream: reproducible alone
-            return opt, ce, f"restart every {every} steps"
-        return opt, ce, ("scaling alpha/sqrt(r)" if method == "rslora" else "scaling alpha/r")
-    if method == "dora":
-        wrap_linears(model, targets, lambda lin: DoRALinear(lin, r=r, alpha=a), match="exact")
-        return torch.optim.Adam(trainables(), lr=lr), ce, f"r={r}, magnitude per output"
-    if method == "pissa":
-        wrap_linears(model, targets, lambda lin: PiSSALinear(lin, r=r, alpha=a), match="exact")
-        return torch.optim.Adam(trainables(), lr=lr), ce, "top-r singular triplets of W"
-    if method == "qlora":
-        wrap_linears(model, targets, lambda lin: QLoRALinear(lin, r=r, alpha=a, double_quant=True),
-                     match="exact")
-        return torch.optim.Adam(trainables(), lr=lr), ce, "NF4 base (double quant) + LoRA"
-    if method == "adalora":
-        r0 = r + r // 2
-        wrap_linears(model, targets, lambda lin: AdaLoRALinear(lin, r=r0, alpha=float(r0)), match="exact")
-        opt = torch.optim.Adam(trainables(), lr=10 * lr)
-        controller = AdaLoRAController(
-            model, target_rank=r * len(targets), total_steps=total_steps,
-            warmup_steps=total_steps // 10, final_steps=total_steps // 5,
-        )
-        controller.attach(opt)
-        model._adalora_controller = controller  # type: ignore[attr-defined]  # read back by run_variant
-
-        def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return ce(out, y) + 0.1 * orthogonal_regularizer(model)
-
-        return opt, loss_fn, f"lr x10; rank {r0}/layer pruned to {r * len(targets)} in total"
-    # galore: every parameter trains; the targeted 2-D weights get projected gradients.
-    for p in model.parameters():
-        p.requires_grad_(True)
-    projected = [model.get_submodule(name).weight for name in targets]
-    ids = {id(p) for p in projected}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    gap = max(total_steps // 4, 1)
-    opt = GaLoreAdamW([{"params": projected, "rank": r}, {"params": rest}], lr=lr / 0.25,
-                      update_proj_gap=gap, scale=0.25)
-    # the unprojected parameters take the plain step size lr
-    opt.param_groups[1]["lr"] = lr
-    return opt, ce, f"rank {r}, projector refreshed every {gap} steps"
+    return _RECIPES[method](_Setup(model, r, alpha, lr, total_steps, tuple(targets)))
 
 
 def run_variant(
@@ -220,7 +266,7 @@ def run_variant(
     model: nn.Module | None = None,
     progress: bool = True,
 ) -> VariantResult:
-    """Fine-tune a fresh copy of the pretrained MLP with ``method``; measure it.
+    """Fine-tune a fresh copy of the pretrained MLP with ``method``; measure it (Chapter 11).
 
     Args:
         method: one of :data:`METHODS`.

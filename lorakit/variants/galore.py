@@ -1,4 +1,4 @@
-"""GaLore (Zhao et al., 2024): full-parameter training with gradients projected to rank ``r``.
+"""GaLore (Zhao et al., 2024): full-parameter training with gradients projected to rank ``r`` (Chapter 11).
 
 For a weight ``W`` (``out × in``) with gradient ``G``, GaLore keeps a projector ``P``
 from the top-``r`` singular vectors of ``G`` (refreshed every ``update_proj_gap``
@@ -16,11 +16,20 @@ from typing import Any, Iterable
 
 import torch
 
+from ..optim import adam_direction
+
 __all__ = ["GaLoreAdamW", "adam_state_numel"]
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
-    """AdamW whose 2-D parameters in groups with a ``rank`` entry are updated GaLore-style.
+    """AdamW whose 2-D parameters in groups with a ``rank`` entry are updated GaLore-style (Chapter 11).
+
+    The Adam arithmetic is :func:`lorakit.optim.adam_direction` (``torch.optim.AdamW``'s). Checked
+    against ``galore-torch``'s ``GaLoreAdamW`` in the tests; the deliberate differences, which the test
+    pins: galore-torch (like Hugging Face's old AdamW) adds ``eps`` before the bias correction and
+    applies weight decay after the update, lorakit does both as ``torch.optim.AdamW``; for a square
+    weight lorakit projects on the left (``P`` from ``U``) where galore-torch projects on the right
+    (both keep ``r × n`` moments).
 
     Args:
         params: parameters or groups. A group with ``"rank": r`` projects its 2-D
@@ -96,15 +105,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 if project:
                     P = state["projector"]
                     g = P.T @ g if p.shape[0] <= p.shape[1] else g @ P.T
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(g)
-                    state["exp_avg_sq"] = torch.zeros_like(g)
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(g, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                direction = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + group["eps"])
+                direction = adam_direction(state, g, (beta1, beta2), group["eps"])
                 if project:
                     P = state["projector"]
                     direction = (P @ direction if p.shape[0] <= p.shape[1] else direction @ P) * group["scale"]
@@ -115,7 +116,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
 
 def adam_state_numel(optimizer: torch.optim.Optimizer) -> int:
-    """The number of floats an optimizer keeps in its state (moments, projectors; step counters excluded).
+    """The number of floats an optimizer keeps in its state (moments, projectors; step counters excluded) (Chapter 11).
 
     Example:
         >>> W = torch.nn.Parameter(torch.randn(4, 6))

@@ -1,4 +1,4 @@
-"""LoRA+ (Hayou, Ghosh & Yu, 2024): train ``B`` with a learning rate ``ratio`` times that of ``A``.
+"""LoRA+ (Hayou, Ghosh & Yu, 2024): train ``B`` with a learning rate ``ratio`` times that of ``A`` (Chapter 11).
 
 With ``B = 0`` at init and a wide layer, one learning rate for both factors is
 inefficient: the paper's infinite-width analysis says ``B`` should move faster,
@@ -21,10 +21,16 @@ __all__ = ["loraplus_param_groups"]
 def loraplus_param_groups(
     model: nn.Module, lr: float, ratio: float = 16.0, *, weight_decay: float = 0.0
 ) -> list[dict[str, Any]]:
-    """Optimizer parameter groups for LoRA+: ``A`` (and other trainables) at ``lr``, ``B`` at ``ratio * lr``.
+    """Optimizer parameter groups for LoRA+: ``A`` (and other trainables) at ``lr``, ``B`` at ``ratio * lr`` (Chapter 11).
 
-    Every trainable parameter of the model is put in exactly one group. ``B`` is the
-    ``B`` factor of each :class:`LoRALinear` (subclasses included).
+    Every trainable parameter of the model (every variant's adapter tensors, the modules to save)
+    is put in exactly one group. ``B`` is the ``B`` factor of each :class:`LoRALinear` (subclasses
+    included).
+
+    Checked against peft's ``create_loraplus_optimizer`` in the tests: for LoRA's ``A`` and ``B`` the
+    groups and learning rates are the same. The deliberate difference, which the test pins: peft puts
+    *every* 1-D trainable tensor (biases, DoRA's magnitude ``m``) in ``B``'s fast group as a heuristic,
+    lorakit only the ``B`` factors, which is what the paper's analysis is about; the rest train at ``lr``.
 
     Args:
         model: a model with LoRA layers (e.g. after :func:`lorakit.inject_lora`).

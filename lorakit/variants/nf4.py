@@ -1,4 +1,4 @@
-"""The QLoRA idea (Dettmers et al., 2023) in plain PyTorch: a 4-bit NormalFloat base, LoRA on top.
+"""The QLoRA idea (Dettmers et al., 2023) in plain PyTorch: a 4-bit NormalFloat base, LoRA on top (Chapter 12).
 
 * **NF4.** Pretrained weights are roughly normal, so the 16 code values are quantiles
   of ``N(0, 1)`` rescaled to ``[-1, 1]`` (with an exact 0): each code is used about
@@ -16,12 +16,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layer import LoRALinear
+from ..layer import InitA, LoRALinear, register_variant
 
 __all__ = ["nf4_table", "NF4Tensor", "quantize_nf4", "dequantize_nf4", "NF4Linear", "QLoRALinear"]
 
@@ -29,7 +30,7 @@ _OFFSET = 0.5 * (1 / 32 + 1 / 30)  # QLoRA's δ: the outermost quantile used, 1 
 
 
 def nf4_table() -> torch.Tensor:
-    """The 16 NF4 code values, ascending, in ``[-1, 1]``, computed from normal quantiles.
+    """The 16 NF4 code values, ascending, in ``[-1, 1]``, computed from normal quantiles (Chapter 12).
 
     Eight positive values are the normal quantiles at ``linspace(1−δ, 0.5, 9)[:-1]``, seven
     negative ones at ``linspace(1−δ, 0.5, 8)[:-1]`` (mirrored), plus an exact 0; the whole set is
@@ -52,7 +53,7 @@ def nf4_table() -> torch.Tensor:
 
 @dataclass
 class NF4Tensor:
-    """A block-wise NF4-quantised tensor (two 4-bit codes per byte).
+    """A block-wise NF4-quantised tensor (two 4-bit codes per byte) (Chapter 12).
 
     Attributes:
         codes: ``uint8``, ``ceil(numel/2)`` bytes.
@@ -105,7 +106,7 @@ class NF4Tensor:
 def quantize_nf4(
     W: torch.Tensor, block_size: int = 64, *, double_quant: bool = False, dq_block_size: int = 256
 ) -> NF4Tensor:
-    """Quantise ``W`` to block-wise NF4 (and optionally double-quantise the block scales).
+    """Quantise ``W`` to block-wise NF4 (and optionally double-quantise the block scales) (Chapter 12).
 
     Args:
         W: any floating tensor (flattened row-major; the last block is zero-padded).
@@ -157,7 +158,7 @@ def quantize_nf4(
 
 
 def dequantize_nf4(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Rebuild the tensor: ``table[code] × block absmax``, in ``dtype``, with ``q.shape``.
+    """Rebuild the tensor: ``table[code] × block absmax``, in ``dtype``, with ``q.shape`` (Chapter 12).
 
     Example:
         >>> W = torch.randn(3, 5)
@@ -173,7 +174,7 @@ def dequantize_nf4(q: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
 
 
 class NF4Linear(nn.Module):
-    """A frozen Linear whose weight is stored in NF4 and dequantised on every forward pass.
+    """A frozen Linear whose weight is stored in NF4 and dequantised on every forward pass (Chapter 12).
 
     A teaching implementation: the packed codes live in ``self.quantized`` (an
     :class:`NF4Tensor`) on the device of the weight it quantised, not in registered buffers, so
@@ -219,12 +220,16 @@ class NF4Linear(nn.Module):
                 f"{self.quantized.bits_per_parameter:.4g} bits/weight")
 
 
+@register_variant
 class QLoRALinear(LoRALinear):
-    """LoRA on a 4-bit NF4 base: the frozen base is an :class:`NF4Linear`, ``A``, ``B`` train in fp32.
+    """LoRA on a 4-bit NF4 base: the frozen base is an :class:`NF4Linear`, ``A``, ``B`` train in fp32 (Chapter 12).
+
+    The adapter holds ``A`` and ``B`` only: quantisation is deterministic, so the same base model
+    quantised again gives the same 4-bit weight. It cannot be merged (``MERGEABLE = False``).
 
     Args:
         base: the full-precision ``nn.Linear``; it is quantised and not kept.
-        r, alpha, rslora: as :class:`lorakit.LoRALinear`.
+        r, alpha, dropout, init_A, rslora: as :class:`lorakit.LoRALinear`.
         block_size, double_quant: as :func:`quantize_nf4`.
 
     Shapes:
@@ -236,11 +241,16 @@ class QLoRALinear(LoRALinear):
         ('NF4Linear', torch.Size([3, 8]))
     """
 
+    VARIANT: ClassVar[str] = "qlora"
+    OPTIONS: ClassVar[Mapping[str, Any]] = {"block_size": 64, "double_quant": False}
+    MERGEABLE: ClassVar[bool] = False
+
     def __init__(
-        self, base: nn.Linear, r: int, alpha: float = 1.0, *, rslora: bool = False,
-        block_size: int = 64, double_quant: bool = False,
+        self, base: nn.Linear, r: int, alpha: float | None = None, *, dropout: float = 0.0,
+        init_A: InitA | None = None, rslora: bool = False, block_size: int = 64, double_quant: bool = False,
     ) -> None:
-        super().__init__(base, r, alpha, rslora=rslora)
+        super().__init__(base, r, alpha, dropout=dropout, init_A=init_A, rslora=rslora)
+        self.block_size, self.double_quant = block_size, bool(double_quant)
         self.base = NF4Linear(base, block_size, double_quant=double_quant)  # type: ignore[assignment]
 
     def merge(self) -> None:

@@ -1,4 +1,4 @@
-"""PiSSA (Meng, Wang & Zhang, 2024): principal singular values and vectors adaptation.
+"""PiSSA (Meng, Wang & Zhang, 2024): principal singular values and vectors adaptation (Chapter 11).
 
 Split ``W = U S Vᵀ`` into its top-``r`` part and the residual. PiSSA trains the
 principal part, ``s·B A = U_r S_r V_rᵀ`` with ``B = U_r √(S_r/s)`` and
@@ -9,23 +9,31 @@ but training starts on the directions that matter most instead of on ``B = 0``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from ..layer import LoRALinear
+from ..layer import LoRALinear, register_variant
 
 __all__ = ["PiSSALinear"]
 
 
+@register_variant
 class PiSSALinear(LoRALinear):
-    """LoRA whose ``A``, ``B`` start as the top-``r`` singular triplets of ``W``; the residual is frozen.
+    """LoRA whose ``A``, ``B`` start as the top-``r`` singular triplets of ``W``; the residual is frozen (Chapter 11).
+
+    Its adapter holds ``A``, ``B`` *and* the rewritten base weight ``base.weight`` (the residual): without
+    it, a fresh SVD of a different base would not reproduce the trained model. ``init_A`` is refused
+    (the SVD is the initialisation).
 
     The base layer's weight is **overwritten in place** by the residual
     ``W − U_r S_r V_rᵀ`` (that is the method); ``merged_weight()`` gives back ``W`` at init.
 
     Args:
         base: the ``nn.Linear`` to adapt (frozen; its weight becomes the residual).
-        r, alpha, rslora: as :class:`lorakit.LoRALinear` (scaling ``s = alpha/r``).
+        r, alpha, dropout, rslora: as :class:`lorakit.LoRALinear` (scaling ``s = alpha/r``).
+        init_A: must be left ``None``.
 
     Attributes:
         singular_values: buffer, all singular values of the original ``W`` (descending).
@@ -41,8 +49,13 @@ class PiSSALinear(LoRALinear):
         True
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float = 1.0, *, rslora: bool = False) -> None:
-        super().__init__(base, r, alpha, rslora=rslora)
+    VARIANT: ClassVar[str] = "pissa"
+    ADAPTER_TENSORS: ClassVar[tuple[str, ...]] = ("A", "B", "base.weight")
+    INIT_CHOICES: ClassVar[tuple[str, ...]] = ("svd",)
+    INIT_NOTE: ClassVar[str] = "PiSSA initialises A and B from the SVD of W"
+
+    def _init_variant(self) -> None:
+        base = self.base
         self.register_buffer("singular_values", torch.zeros(min(base.in_features, base.out_features)))
         self._init_from_svd()
 

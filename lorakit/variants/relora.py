@@ -1,4 +1,4 @@
-"""ReLoRA (Lialin et al., 2023): high-rank training through a sequence of low-rank updates.
+"""ReLoRA (Lialin et al., 2023): high-rank training through a sequence of low-rank updates (Chapter 11).
 
 Every ``reset_every`` optimizer steps, each LoRA layer's update is merged into the
 frozen base weight, ``A`` is redrawn and ``B`` set to 0, and the optimizer state of
@@ -19,7 +19,7 @@ __all__ = ["ReLoRA"]
 
 
 class ReLoRA:
-    """Merge-and-restart schedule for the LoRA layers of a model, driven by its optimizer's steps.
+    """Merge-and-restart schedule for the LoRA layers of a model, driven by its optimizer's steps (Chapter 11).
 
     Args:
         model: holds :class:`lorakit.LoRALinear` layers (plain LoRA or DoRA).
