@@ -248,6 +248,8 @@ class ReplicaTrainer:
             get zero gradient (different LoRA ranks, see :func:`lora_rank_masks`).
         merge_lora: how :class:`~lorakit.LoRALinear` layers are computed (``"auto"``, ``True``, ``False``;
             see the module docstring).
+        chunk: compute at most this many replicas per vectorised pass (default: all ``K``). Smaller
+            chunks keep activations in the CPU cache when ``K × batch`` is large; the result is the same.
 
     Attributes:
         params: the ``(K, P)`` trainable parameters of all replicas (row ``k`` = replica ``k``).
@@ -282,8 +284,12 @@ class ReplicaTrainer:
         data_seeds: Sequence[int] | None = None,
         masks: Mapping[str, torch.Tensor] | None = None,
         merge_lora: MergeMode = "auto",
+        chunk: int | None = None,
     ) -> None:
         _check_K(K)
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"chunk={chunk!r} must be None or an int >= 1 (replicas per vectorised pass)")
+        self.chunk = K if chunk is None else min(chunk, K)
         if optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer={optimizer!r} is unknown: use 'sgd', 'adam' or 'adamw'")
         if merge_lora not in ("auto", True, False):
@@ -309,7 +315,7 @@ class ReplicaTrainer:
         if not self.names:
             raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
         self._shapes = [shapes[n] for n in self.names]
-        sizes = [math.prod(s) for s in self._shapes]
+        self._sizes = sizes = [math.prod(s) for s in self._shapes]
         self._slices = [slice(a, a + n) for a, n in zip([0, *torch.tensor(sizes).cumsum(0).tolist()[:-1]], sizes)]
         per = [dict(m.named_parameters()) for m in models]
         dtype = per[0][self.names[0]].dtype
@@ -356,7 +362,10 @@ class ReplicaTrainer:
 
     # ------------------------------------------------------------------ views
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: flat[:, sl].unflatten(1, shape) for n, sl, shape in zip(self.names, self._slices, self._shapes)}
+        # One split (its backward is one concatenation) rather than a slice per parameter (whose backward
+        # zero-fills a (K, P) gradient for each of them).
+        parts = flat.split(self._sizes, dim=1)
+        return {n: t.unflatten(1, shape) for n, t, shape in zip(self.names, parts, self._shapes)}
 
     def state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Replica ``k``'s trainable parameters, ``{name: tensor}`` (copies)."""
@@ -378,19 +387,27 @@ class ReplicaTrainer:
         return model
 
     # ------------------------------------------------------------------ compute
-    def _vmapped(self, fn: Callable, flat: torch.Tensor, batch: Sequence[Any], batch_dims: Any, randomness: str):
+    def _vmapped(
+        self, fn: Callable, flat: torch.Tensor, batch: Sequence[Any], batch_dims: Any, randomness: str,
+        rows: slice = slice(None),
+    ):
+        """``fn`` of the replicas ``rows`` (``flat`` holds just those rows; ``batch`` too if ``batch_dims == 0``)."""
+
         def one(trained: dict, stacked: dict, b: Sequence[Any]) -> torch.Tensor:
             return fn(lambda *a, **kw: functional_call(self.module, (trained, stacked, self._shared), a, kw), b)
 
-        return vmap(
-            one,
-            in_dims=(0, 0, batch_dims),
-            randomness=randomness,
-        )(self._views(flat), self._stacked, batch)
+        stacked = {n: t[rows] for n, t in self._stacked.items()}
+        return vmap(one, in_dims=(0, 0, batch_dims), randomness=randomness)(self._views(flat), stacked, batch)
+
+    def _chunks(self) -> list[slice]:
+        return [slice(a, min(a + self.chunk, self.K)) for a in range(0, self.K, self.chunk)]
 
     def losses(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """Every replica's loss on its own batch (``batch`` tensors have a leading ``K`` dimension), ``(K,)``."""
-        return self._vmapped(loss_fn, self.params, tuple(batch), 0, "different")
+        return torch.cat([
+            self._vmapped(loss_fn, self.params[rows], tuple(t[rows] for t in batch), 0, "different", rows)
+            for rows in self._chunks()
+        ])
 
     @torch.no_grad()
     def evaluate(self, metric: Callable[..., torch.Tensor], *inputs: Any) -> torch.Tensor:
@@ -403,9 +420,17 @@ class ReplicaTrainer:
         """
         self.module.eval()
         try:
-            return self._vmapped(lambda model, b: metric(model, *b), self.params, inputs, None, "same")
+            return torch.cat([
+                self._vmapped(lambda model, b: metric(model, *b), self.params[rows], inputs, None, "same", rows)
+                for rows in self._chunks()
+            ])
         finally:
             self.module.train()
+
+    @property
+    def generator_seeds(self) -> list[int]:
+        """The distinct data seeds, in the order of :meth:`generators` (and of the batches ``data`` returns)."""
+        return list(self._unique_data_seeds)
 
     def generators(self) -> list[torch.Generator]:
         """The batch generators, one per distinct data seed (created at the first :meth:`fit`)."""
@@ -415,9 +440,18 @@ class ReplicaTrainer:
 
     def step(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """One optimizer step of every replica on its batch (leading ``K`` dimension); returns the ``(K,)`` losses."""
-        flat = self.params.detach().requires_grad_(True)
-        losses = self._vmapped(loss_fn, flat, tuple(batch), 0, "different")
-        (grad,) = torch.autograd.grad(losses.sum(), flat)
+        if self.chunk >= self.K:
+            flat = self.params.detach().requires_grad_(True)
+            losses = self._vmapped(loss_fn, flat, tuple(batch), 0, "different")
+            (grad,) = torch.autograd.grad(losses.sum(), flat)
+        else:  # a chunk of replicas at a time: their activations stay in the CPU's cache
+            grad = torch.empty_like(self.params)
+            losses = torch.empty(self.K, dtype=self.params.dtype)
+            for rows in self._chunks():
+                flat = self.params[rows].detach().requires_grad_(True)
+                part = self._vmapped(loss_fn, flat, tuple(t[rows] for t in batch), 0, "different", rows)
+                (grad[rows],) = torch.autograd.grad(part.sum(), flat)
+                losses[rows] = part.detach()
         if self._mask is not None:
             grad = grad * self._mask
         self.optimizer.step(grad)
