@@ -53,12 +53,13 @@ LRS = {"sgd": [0.2, 0.1, 0.05, 0.3], "adam": [1e-2, 3e-3, 1e-3, 2e-2], "adamw": 
 WDS = [0.0, 0.01, 0.1, 0.05]
 
 
-@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("merge, chunk", [(True, None), (False, None), ("auto", 3)])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_replicas_equal_sequential_runs(optimizer, merge):
+def test_replicas_equal_sequential_runs(optimizer, merge, chunk):
     extra = {"momentum": 0.9} if optimizer == "sgd" else {}
     trainer = ReplicaTrainer(
-        lora_net, K=4, seeds=SEEDS, lr=LRS[optimizer], weight_decay=WDS, optimizer=optimizer, merge_lora=merge, **extra
+        lora_net, K=4, seeds=SEEDS, lr=LRS[optimizer], weight_decay=WDS, optimizer=optimizer, merge_lora=merge,
+        chunk=chunk, **extra
     )
     history = trainer.fit(loss_fn, data, STEPS, progress=False)
     assert history.loss.shape == (STEPS, 4)
@@ -76,7 +77,7 @@ def test_replicas_equal_sequential_runs(optimizer, merge):
 
 def test_stacked_frozen_weights_and_module_of():
     fn = lambda s: lora_net(s, shared_base=False)  # noqa: E731
-    trainer = ReplicaTrainer(fn, K=2, seeds=[0, 1], lr=1e-2, optimizer="adam")
+    trainer = ReplicaTrainer(fn, K=3, seeds=[2, 1, 0], lr=1e-2, optimizer="adam", chunk=2)
     assert "0.base.weight" in trainer._stacked
     trainer.fit(loss_fn, data, 10, progress=False)
     model, _ = train_one(fn, 1, loss_fn, data, 10, lr=1e-2, optimizer="adam")
@@ -149,6 +150,9 @@ def test_eval_hook_and_history():
         ({"K": 2, "seeds": [1]}, "seeds has 1 values for K=2"),
         ({"K": 2, "optimizer": "rmsprop"}, "optimizer='rmsprop' is unknown"),
         ({"K": 2, "masks": {"0.A": torch.ones(3, 3, 6)}}, "mask of 0.A has shape"),
+        ({"K": 2, "masks": {"0.base.weight": torch.ones(2, 6, 6)}}, "are not trainable parameters"),
+        ({"K": 2, "chunk": 0}, "chunk=0 must be None or an int >= 1"),
+        ({"K": 2, "merge_lora": "yes"}, "merge_lora='yes' must be"),
     ],
 )
 def test_bad_arguments(kwargs, message):
