@@ -4,14 +4,17 @@
 report to ``bench-results/replicas.json`` (atomically, :func:`lorakit.io.atomic_write`):
 
 * ``fnn`` — Part III's width-16 ReLU FNN, ``L̄ = 2``, ``L = 4``, LoRA rank 8 on every layer and
-  tunable biases (the paper's ``sgd`` method: Adam), fresh Gaussian batches of 256 labelled by the target;
-* ``tfn`` — Part III's transformer (depth 1, two heads, ``N = 10`` tokens, ``D = 16``), LoRA rank 8, Adam;
+  tunable biases (the paper's ``sgd`` method: Adam), fresh Gaussian batches of 256 labelled by the target
+  (labels computed once per data stream, vmapped over the targets);
+* ``tfn`` — Part III's transformer (depth 1, two heads, ``N = 10`` tokens, ``D = 16``), LoRA rank 8, Adam,
+  batches of 256 sequences;
 * ``mlp`` — the FashionMNIST quickstart MLP (784–512–512–10) with rank-8 LoRA on its three layers,
   AdamW, batches of 64 from an in-memory set of 784-pixel images;
 * ``vit`` — the tiny ViT of Part IV with rank-8 LoRA on the attention projections, AdamW, batches of 64.
 
-Every replica has its own seed (its own model draw and batch stream) and its own learning rate and
-weight decay. Both sides use ``torch.set_num_threads(1)`` (``--threads``) and the same loss, data
+Layouts: ``independent`` — every replica its own seed (its own model draw and batch stream) and its
+own learning rate and weight decay; ``grid`` (Part III only) — as in issue 17's grid, the 3 × 4
+learning-rate × weight-decay replicas of one seed share that seed's model draw and batches. Both sides use ``torch.set_num_threads(1)`` (``--threads``) and the same loss, data
 and model code: the sequential side is :func:`lorakit.replicas.train_one`'s loop with ``torch.optim``.
 K sequential runs cost K times one run (the runs are independent and equal in size), so the
 sequential time per step is measured on one run and multiplied by K. The two sides are measured
@@ -238,12 +241,9 @@ def design_comparison(K: int = 128, repeats: int = 5, steps: int = 20) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark and write its JSON report; returns the report.
 
-    Example:
-        >>> import tempfile
-        >>> report = main(["--quick", "--out", os.path.join(tempfile.mkdtemp(), "r.json")])  # doctest: +ELLIPSIS
-        fnn  K=   1: ...
-        >>> sorted(report["rows"][0])[:3]
-        ['K', 'model', 'optimizer']
+    Example (a few seconds; ``tests/test_replicas.py`` runs it):
+        >>> report = main(["--quick"])  # doctest: +SKIP
+        fnn  independent K=   1: one run ...
     """
     parser = argparse.ArgumentParser(prog="python -m lorakit.replicas_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fnn,tfn,mlp,vit", help="comma-separated subset of fnn,tfn,mlp,vit")

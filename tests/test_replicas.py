@@ -10,7 +10,7 @@ update rule, a swapped learning rate, a missed weight decay) changes parameters 
 
 from __future__ import annotations
 
-import time
+import json
 
 import pytest
 import torch
@@ -171,8 +171,7 @@ def test_bad_fit_arguments():
 def test_benchmark_quick(tmp_path):
     from lorakit import replicas_bench
 
-    start = time.perf_counter()
     report = replicas_bench.main(["--quick", "--out", str(tmp_path / "bench.json")])
-    assert time.perf_counter() - start < 15
-    assert (tmp_path / "bench.json").exists()
-    assert {row["model"] for row in report["rows"]} >= {"fnn"}
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    assert stored["rows"] == report["rows"] and [row["K"] for row in stored["rows"]] == [1, 8]
+    assert all(row["ratio"] > 0 and row["model"] == "fnn" for row in stored["rows"])
