@@ -1,8 +1,8 @@
 """Many training runs as one computation: K replicas of one model, trained side by side (Chapter 4).
 
-A study that compares methods needs several seeds and a learning-rate grid per method, and the small
-models of the book are too small to keep a CPU busy one run at a time: most of a step is Python and
-dispatch overhead. :class:`ReplicaTrainer` stacks the trainable parameters of ``K`` independent
+A study that compares methods needs several seeds and a learning-rate grid per method, and the
+smallest models of the book (Part III's width-16 nets) are too small to keep a CPU busy one run at a
+time: most of their step is Python and dispatch overhead. :class:`ReplicaTrainer` stacks the trainable parameters of ``K`` independent
 replicas along a leading replica dimension and runs one vectorised step for all of them
 (:func:`torch.func.vmap` over :func:`torch.func.functional_call`, one autograd backward, one
 vectorised optimizer update). Each replica has its own seed (initialisation and batch order), its own
@@ -25,9 +25,9 @@ How it is computed:
 Why ``vmap`` and not hand-written ``bmm``: both were measured on Part III's width-16, 4-layer ReLU
 FNN with rank-8 LoRA, 128 replicas, one thread, interleaved in one process on the book's 2-core
 machine (``python -m lorakit.replicas_bench --design``). A hand-written grouped-``bmm`` step (merged
-LoRA, ``baddbmm``, in-place ReLU) and this engine's step took the same time within the noise
-(medians 22.7 vs 20.2 ms per step for all 128 replicas); on the forward and backward alone the
-hand-written version was ~20 % faster (9.7 vs 12.0 ms). The ``vmap`` engine was kept: it runs any
+LoRA, ``baddbmm``, in-place ReLU) and this engine's step took about the same time: 22.7 / 19.8 /
+17.6 ms (bmm) against 20.2 / 22.3 / 19.7 ms (vmap) per step for all 128 replicas in three runs; on
+the forward and backward alone the hand-written version was ~20 % faster (9.7 vs 12.0 ms). The ``vmap`` engine was kept: it runs any
 ``nn.Module`` unchanged (the FNN, the TFN, the MLP, the ViT), where ``bmm`` needs every model rewritten.
 At 128 replicas a step is bound by memory traffic of the elementwise ops (bias, ReLU and their
 gradients over ``K × batch × width`` activations) and by drawing each replica's batch, not by Python
