@@ -2,12 +2,12 @@
 
 A study that compares methods needs several seeds and a learning-rate grid per method, and the
 smallest models of the book (Part III's width-16 nets) are too small to keep a CPU busy one run at a
-time: most of their step is Python and dispatch overhead. :class:`ReplicaTrainer` stacks the trainable parameters of ``K`` independent
-replicas along a leading replica dimension and runs one vectorised step for all of them
-(:func:`torch.func.vmap` over :func:`torch.func.functional_call`, one autograd backward, one
-vectorised optimizer update). Each replica has its own seed (initialisation and batch order), its own
-learning rate and weight decay; the result is the same as ``K`` separate runs with ``torch.optim``
-(to float32 rounding, see ``tests/test_replicas.py``).
+time: most of their step is Python and dispatch overhead. :class:`ReplicaTrainer` stacks the
+trainable parameters of ``K`` independent replicas along a leading replica dimension and runs one
+vectorised step for all of them (:func:`torch.func.vmap` over :func:`torch.func.functional_call`,
+one autograd backward, one vectorised optimizer update). Each replica has its own seed
+(initialisation and batch order), its own learning rate and weight decay; the result is the same as
+``K`` separate runs with ``torch.optim`` (to float32 rounding, see ``tests/test_replicas.py``).
 
 How it is computed:
 
@@ -27,8 +27,9 @@ FNN with rank-8 LoRA, 128 replicas, one thread, interleaved in one process on th
 machine (``python -m lorakit.replicas_bench --design``). A hand-written grouped-``bmm`` step (merged
 LoRA, ``baddbmm``, in-place ReLU) and this engine's step took about the same time: 22.7 / 19.8 /
 17.6 ms (bmm) against 20.2 / 22.3 / 19.7 ms (vmap) per step for all 128 replicas in three runs; on
-the forward and backward alone the hand-written version was ~20 % faster (9.7 vs 12.0 ms). The ``vmap`` engine was kept: it runs any
-``nn.Module`` unchanged (the FNN, the TFN, the MLP, the ViT), where ``bmm`` needs every model rewritten.
+the forward and backward alone the hand-written version was ~20 % faster (9.7 vs 12.0 ms). The
+``vmap`` engine was kept: it runs any ``nn.Module`` unchanged (the FNN, the TFN, the MLP, the ViT),
+where ``bmm`` needs every model rewritten.
 At 128 replicas a step is bound by memory traffic of the elementwise ops (bias, ReLU and their
 gradients over ``K × batch × width`` activations) and by drawing each replica's batch, not by Python
 overhead; this is what limits the speed-up (see the benchmark's report).
@@ -524,7 +525,8 @@ class ReplicaTrainer:
                 loss[len(recorded)] = losses
                 recorded.append(step)
             if progress and i % 50 == 0:
-                bar.set_postfix(best=f"{losses.min().item():.4g}", median=f"{losses.median().item():.4g}", refresh=False)
+                best, median = losses.min().item(), losses.median().item()
+                bar.set_postfix(best=f"{best:.4g}", median=f"{median:.4g}", refresh=False)
             if eval_fn is not None and ((eval_every and (i + 1) % eval_every == 0) or i == steps - 1):
                 history.evals.append((step + 1, eval_fn(self, step + 1)))
         bar.close()

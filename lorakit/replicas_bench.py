@@ -14,12 +14,13 @@ report to ``bench-results/replicas.json`` (atomically, :func:`lorakit.io.atomic_
 
 Layouts: ``independent`` — every replica its own seed (its own model draw and batch stream) and its
 own learning rate and weight decay; ``grid`` (Part III only) — as in issue 17's grid, the 3 × 4
-learning-rate × weight-decay replicas of one seed share that seed's model draw and batches. Both sides use ``torch.set_num_threads(1)`` (``--threads``) and the same loss, data
-and model code: the sequential side is :func:`lorakit.replicas.train_one`'s loop with ``torch.optim``.
-K sequential runs cost K times one run (the runs are independent and equal in size), so the
-sequential time per step is measured on one run and multiplied by K. The two sides are measured
-alternately in one process (``--repeats`` rounds) and the report gives medians: on a shared
-machine only such interleaved ratios mean something.
+learning-rate × weight-decay replicas of one seed share that seed's model draw and batches. Both
+sides use ``torch.set_num_threads(1)`` (``--threads``) and the same loss, data and model code: the
+sequential side is :func:`lorakit.replicas.train_one`'s loop with ``torch.optim``. K sequential runs
+cost K times one run (the runs are independent and equal in size), so the sequential time per step
+is measured on one run and multiplied by K. The two sides are measured alternately in one process
+(``--repeats`` rounds) and the report gives medians: on a shared machine only such interleaved
+ratios mean something.
 
 Runs per second are for a run of ``run_steps`` steps (5000 for Part III's models as in the paper,
 1000 for the MLP and the ViT); the ratio does not depend on it.
@@ -243,7 +244,8 @@ def design_comparison(K: int = 128, repeats: int = 5, steps: int = 20) -> dict:
             bmm()
         bm.append((time.perf_counter() - start) / steps)
     result = {"K": K, "vmap_step_ms": 1e3 * statistics.median(vm), "bmm_step_ms": 1e3 * statistics.median(bm)}
-    print(f"design, fnn K={K}: vmap engine {result['vmap_step_ms']:.3f} ms/step, hand bmm {result['bmm_step_ms']:.3f} ms/step")
+    print(f"design, fnn K={K}: vmap engine {result['vmap_step_ms']:.3f} ms/step, "
+          f"hand bmm {result['bmm_step_ms']:.3f} ms/step")
     return result
 
 

@@ -68,7 +68,8 @@ def test_replicas_equal_sequential_runs(optimizer, merge, chunk):
     assert "0.base.weight" in trainer._shared  # the equal frozen weights are shared, not stacked
     for k, seed in enumerate(SEEDS):
         model, losses = train_one(
-            lora_net, seed, loss_fn, data, STEPS, lr=LRS[optimizer][k], weight_decay=WDS[k], optimizer=optimizer, **extra
+            lora_net, seed, loss_fn, data, STEPS, lr=LRS[optimizer][k], weight_decay=WDS[k], optimizer=optimizer,
+            **extra
         )
         torch.testing.assert_close(history.loss[:, k], torch.tensor(losses), rtol=RTOL, atol=ATOL)
         reference = {n: p for n, p in model.named_parameters() if p.requires_grad}
