@@ -1,0 +1,301 @@
+"""How much faster K replicas in one computation are than K runs one at a time (Chapter 4).
+
+``python -m lorakit.replicas_bench`` trains the book's small models both ways and writes a JSON
+report to ``bench-results/replicas.json`` (atomically, :func:`lorakit.io.atomic_write`):
+
+* ``fnn`` — Part III's width-16 ReLU FNN, ``L̄ = 2``, ``L = 4``, LoRA rank 8 on every layer and
+  tunable biases (the paper's ``sgd`` method: Adam), fresh Gaussian batches of 256 labelled by the target
+  (labels computed once per data stream, vmapped over the targets);
+* ``tfn`` — Part III's transformer (depth 1, two heads, ``N = 10`` tokens, ``D = 16``), LoRA rank 8, Adam,
+  batches of 256 sequences;
+* ``mlp`` — the FashionMNIST quickstart MLP (784–512–512–10) with rank-8 LoRA on its three layers,
+  AdamW, batches of 64 from an in-memory set of 784-pixel images;
+* ``vit`` — the tiny ViT of Part IV with rank-8 LoRA on the attention projections, AdamW, batches of 64.
+
+Layouts: ``independent`` — every replica its own seed (its own model draw and batch stream) and its
+own learning rate and weight decay; ``grid`` (Part III only) — as in issue 17's grid, the 3 × 4
+learning-rate × weight-decay replicas of one seed share that seed's model draw and batches. Both
+sides use ``torch.set_num_threads(1)`` (``--threads``) and the same loss, data and model code: the
+sequential side is :func:`lorakit.replicas.train_one`'s loop with ``torch.optim``. K sequential runs
+cost K times one run (the runs are independent and equal in size), so the sequential time per step
+is measured on one run and multiplied by K. The two sides are measured alternately in one process
+(``--repeats`` rounds) and the report gives medians: on a shared machine only such interleaved
+ratios mean something.
+
+Runs per second are for a run of ``run_steps`` steps (5000 for Part III's models as in the paper,
+1000 for the MLP and the ViT); the ratio does not depend on it.
+
+Measured on the book's 2-core AMD EPYC machine (one thread each side, load average 2.3–3 from other
+jobs; medians of 3–5 interleaved rounds, 1 December 2026): at K = 128 the FNN runs 9–17× faster
+(independent seeds) and 10–12× (grid layout), the TFN 1.8–2.5×; at K = 8 the MLP 1.1× and the ViT
+1.0×. The small FNN gains most: one run of it is Python- and dispatch-bound (~1.3 ms per step for
+~1 MFLOP), so vectorising removes most of that cost, and what remains at K = 128 is memory traffic
+of the elementwise ops and drawing each replica's batch. One run of the TFN (256 sequences of 10
+tokens), the MLP and the ViT is already compute-bound (~50 GFLOP/s for the MLP at batch 64), so
+stacking replicas can only add GEMM efficiency, not remove work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
+
+from .io import atomic_write
+from .replicas import ReplicaTrainer, shuffled, stacked, train_one
+
+DEFAULT_OUT = Path("bench-results") / "replicas.json"
+LRS = (1e-2, 1e-3, 1e-4)  # the expressive-power grid's learning rates and weight decays (issue 17)
+WDS = (0.0, 1e-4, 1e-3, 1e-2)
+
+
+def _mse_loss(model, batch):
+    return F.mse_loss(model(batch[0]), batch[1])
+
+
+def _class_loss(model, batch):
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def _part3_pair(kind: str, seed: int) -> tuple[nn.Module, nn.Module]:
+    from .expressive.methods import trainable_parameters
+    from .expressive.models import make_fnn_pair, make_tfn_pair
+
+    if kind == "fnn":
+        target, frozen = make_fnn_pair(16, 2, 4, 8, seed=seed)
+    else:
+        target, frozen = make_tfn_pair(16, 1, 8, seed=seed)
+    trainable_parameters(frozen, "sgd")  # LoRA factors (and the FNN's biases), as the paper's 'sgd'
+    return target, frozen
+
+
+def _labelled(kind: str, shape: tuple[int, ...]) -> Callable[[Sequence[int]], Callable]:
+    """Fresh Gaussian inputs labelled by the target of each data seed (drawn once per seed, vmapped)."""
+
+    def factory(seeds: Sequence[int]) -> Callable:
+        targets = [_part3_pair(kind, s)[0] for s in seeds]
+        params, buffers = stack_module_state(targets)
+        label = vmap(lambda p, b, x: functional_call(targets[0], (p, b), (x,)))
+
+        def data(step: int, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+            X = torch.stack([torch.randn(shape, generator=g) for g in generators])
+            with torch.no_grad():
+                return X, label(params, buffers, X)
+
+        return data
+
+    return factory
+
+
+def _mlp(seed: int) -> nn.Module:
+    from .inject import inject_lora
+    from .lowrank import quickstart_mlp
+
+    torch.manual_seed(0)  # one pretrained-like base for all replicas (shared, not stacked)
+    model = quickstart_mlp()
+    torch.manual_seed(seed)
+    inject_lora(model, ["0", "2", "4"], r=8, alpha=16, match="exact")
+    return model
+
+
+def _vit(seed: int) -> nn.Module:
+    from .inject import inject_lora
+    from .tinyformer import TinyViT
+
+    torch.manual_seed(0)
+    model = TinyViT()
+    torch.manual_seed(seed)
+    inject_lora(model, ["q_proj", "k_proj", "v_proj", "o_proj"], r=8, alpha=16)
+    return model
+
+
+def _images(n_classes: int) -> Callable[[Sequence[int]], Callable]:
+    def factory(seeds: Sequence[int]) -> Callable:
+        g = torch.Generator().manual_seed(0)
+        X = torch.rand(2048, 784, generator=g)
+        y = torch.randint(0, n_classes, (2048,), generator=g)
+        return shuffled(X, y, batch_size=64)
+
+    return factory
+
+
+#: name → (model_fn, loss_fn, data factory (data seeds → data function), optimizer, run_steps)
+MODELS: dict[str, tuple] = {
+    "fnn": (lambda s: _part3_pair("fnn", s)[1], _mse_loss, _labelled("fnn", (256, 16)), "adam", 5000),
+    "tfn": (lambda s: _part3_pair("tfn", s)[1], _mse_loss, _labelled("tfn", (256, 10, 16)), "adam", 5000),
+    "mlp": (_mlp, _class_loss, _images(10), "adamw", 1000),
+    "vit": (_vit, _class_loss, _images(5), "adamw", 1000),
+}
+
+
+#: Replicas per vectorised pass: the larger models' activations for 128 replicas do not fit the cache.
+CHUNK = {"tfn": 32, "mlp": 32, "vit": 32}
+
+
+def _layout(K: int, layout: str) -> tuple[list[int], list[float], list[float]]:
+    """Seeds, learning rates and weight decays of ``K`` replicas.
+
+    ``"independent"``: every replica its own seed (model draw and batches). ``"grid"``: as issue 17's
+    grid, the 3 × 4 learning-rate × weight-decay replicas of one seed share its model draw and batches.
+    """
+    n = len(LRS) * len(WDS)
+    seeds = list(range(K)) if layout == "independent" else [k // n for k in range(K)]
+    return seeds, [LRS[k % len(LRS)] for k in range(K)], [WDS[(k // len(LRS)) % len(WDS)] for k in range(K)]
+
+
+def _time_sequential(name: str, steps: int) -> float:
+    """Seconds per step of one run with torch.optim (after one warm-up run; model building excluded)."""
+    model_fn, loss_fn, data_fn, optimizer, _ = MODELS[name]
+    data = data_fn([1])
+    train_one(model_fn, 1, loss_fn, data, 1, lr=1e-3, weight_decay=1e-3, optimizer=optimizer)  # warm-up
+    start = time.perf_counter()
+    train_one(model_fn, 1, loss_fn, data, steps, lr=1e-3, weight_decay=1e-3, optimizer=optimizer)
+    total = time.perf_counter() - start
+    build = time.perf_counter()
+    model_fn(1)
+    return (total - (time.perf_counter() - build)) / steps
+
+
+def _time_replicas(trainer: ReplicaTrainer, data: Callable, name: str, steps: int) -> float:
+    loss_fn = MODELS[name][1]
+    trainer.fit(loss_fn, data, 1, progress=False)  # warm-up
+    start = time.perf_counter()
+    trainer.fit(loss_fn, data, steps, progress=False)
+    return (time.perf_counter() - start) / steps
+
+
+def _trainer(name: str, K: int, layout: str, **kwargs) -> tuple[ReplicaTrainer, Callable]:
+    model_fn, _, data_fn, optimizer, _ = MODELS[name]
+    seeds, lr, wd = _layout(K, layout)
+    trainer = ReplicaTrainer(model_fn, K, seeds=seeds, lr=lr, weight_decay=wd, optimizer=optimizer, **kwargs)
+    return trainer, data_fn(trainer.generator_seeds)
+
+
+def bench_model(
+    name: str, Ks: Sequence[int], *, layout: str, repeats: int, seq_steps: int, rep_steps: Callable[[int], int]
+) -> list[dict]:
+    """One row per ``K``: medians over ``repeats`` alternating rounds of sequential and replicated steps."""
+    optimizer, run_steps = MODELS[name][3], MODELS[name][4]
+    rows = []
+    for K in Ks:
+        trainer, data = _trainer(name, K, layout, chunk=CHUNK.get(name))
+        seq, rep = [], []
+        for _ in range(repeats):
+            seq.append(_time_sequential(name, seq_steps))
+            rep.append(_time_replicas(trainer, data, name, rep_steps(K)))
+        ratios = [K * s / r for s, r in zip(seq, rep)]
+        t_seq, t_rep = statistics.median(seq), statistics.median(rep)
+        row = {
+            "model": name, "layout": layout, "K": K, "chunk": trainer.chunk, "optimizer": optimizer,
+            "run_steps": run_steps,
+            "sequential_step_ms": 1e3 * t_seq, "replicated_step_ms": 1e3 * t_rep,
+            "sequential_runs_per_s": 1 / (t_seq * run_steps), "replicated_runs_per_s": K / (t_rep * run_steps),
+            "ratio": statistics.median(ratios), "ratios": ratios,
+        }
+        rows.append(row)
+        print(f"{name:4s} {layout:11s} K={K:4d}: one run {1e3 * t_seq:7.3f} ms/step, {K} replicas {1e3 * t_rep:8.3f} "
+              f"ms/step → {row['ratio']:5.3g}× (runs/s {row['sequential_runs_per_s']:.3g} → "
+              f"{row['replicated_runs_per_s']:.3g})", flush=True)
+    return rows
+
+
+def _bmm_fnn_step(K: int) -> Callable[[], None]:
+    """A hand-written grouped-bmm Adam step of the FNN benchmark (merged LoRA), for the design comparison."""
+    trainer, data = _trainer("fnn", K, "independent", merge_lora=True)
+    frozen = {**trainer._shared, **trainer._stacked}
+    layers = [(frozen[f"layers.{i}.base.weight"], f"layers.{i}") for i in range(4)]
+    gens = trainer.generators()
+
+    def step() -> None:
+        X, y = data(0, gens)
+        flat = trainer.params.detach().requires_grad_(True)
+        v = trainer._views(flat)
+        x = X
+        for W, prefix in layers:
+            W_eff = torch.baddbmm(W, v[prefix + ".B"], v[prefix + ".A"])
+            x = torch.baddbmm(v[prefix + ".base.bias"].unsqueeze(1), x, W_eff.transpose(1, 2)).relu()
+        loss = (x - y).pow(2).mean((1, 2)).sum()
+        (grad,) = torch.autograd.grad(loss, flat)
+        trainer.optimizer.step(grad)
+
+    return step
+
+
+def design_comparison(K: int = 128, repeats: int = 5, steps: int = 20) -> dict:
+    """Interleaved ms/step of the vmap engine and a hand-written bmm step on the FNN benchmark."""
+    trainer, data = _trainer("fnn", K, "independent")
+    bmm = _bmm_fnn_step(K)
+    vm, bm = [], []
+    bmm()
+    for _ in range(repeats):
+        vm.append(_time_replicas(trainer, data, "fnn", steps))
+        start = time.perf_counter()
+        for _ in range(steps):
+            bmm()
+        bm.append((time.perf_counter() - start) / steps)
+    result = {"K": K, "vmap_step_ms": 1e3 * statistics.median(vm), "bmm_step_ms": 1e3 * statistics.median(bm)}
+    print(f"design, fnn K={K}: vmap engine {result['vmap_step_ms']:.3f} ms/step, "
+          f"hand bmm {result['bmm_step_ms']:.3f} ms/step")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark and write its JSON report; returns the report.
+
+    Example (a few seconds; ``tests/test_replicas.py`` runs it):
+        >>> report = main(["--quick"])  # doctest: +SKIP
+        fnn  independent K=   1: one run ...
+    """
+    parser = argparse.ArgumentParser(prog="python -m lorakit.replicas_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fnn,tfn,mlp,vit", help="comma-separated subset of fnn,tfn,mlp,vit")
+    parser.add_argument("--K", default="1,8,32,128", help="replica counts, comma-separated")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per K (medians are reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
+    parser.add_argument("--design", action="store_true", help="also compare the vmap engine with hand-written bmm")
+    parser.add_argument("--quick", action="store_true", help="seconds: fnn only, K in {1, 8}, one round")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON report")
+    args = parser.parse_args(argv)
+    models = ["fnn"] if args.quick else [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}: choose from {sorted(MODELS)}")
+    Ks = [1, 8] if args.quick else [int(k) for k in args.K.split(",")]
+    repeats = 1 if args.quick else args.repeats
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        rows = []
+        for name in models:
+            big = name in ("mlp", "vit")
+            seq_steps = 5 if args.quick else (20 if big else 200)
+            rep_steps = (lambda K: 3) if args.quick else (lambda K, big=big: max(5, (40 if big else 400) // K))
+            layouts = ["independent", "grid"] if name in ("fnn", "tfn") and not args.quick else ["independent"]
+            for layout in layouts:
+                rows += bench_model(name, Ks, layout=layout, repeats=repeats, seq_steps=seq_steps, rep_steps=rep_steps)
+        report = {
+            "rows": rows,
+            "design": design_comparison(repeats=args.repeats) if args.design and not args.quick else None,
+            "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
+            "processor": platform.processor(), "cpus": os.cpu_count(),
+            "load_average": list(os.getloadavg()), "quick": args.quick,
+        }
+    finally:
+        torch.set_num_threads(threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    return report
+
+
+if __name__ == "__main__":
+    main()
