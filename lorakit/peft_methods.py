@@ -10,24 +10,20 @@ the LoRA paper compares against :cite:`hu2021lora` are here, written for any
   small ``dim → bottleneck → dim`` MLP with a residual connection, inserted after a
   module's output (after attention's ``o_proj`` and the MLP's ``fc2``);
 * :func:`add_prefix` — prefix tuning: trainable key/value vectors prepended in every
-  attention layer of a :class:`lorakit.tinyformer.TinyViT`;
+  attention layer of a :class:`lorakit.book.tinyformer.TinyViT`;
 * :class:`SubspaceModel` — intrinsic dimension: train only ``z ∈ R^d`` with all
   parameters ``θ = θ₀ + P z``, ``P`` a random Fastfood projection;
-* :func:`forward_flops`, :func:`latency`, :func:`compare_latency` — what a method costs at inference.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from .inject import MatchMode, select_linears, swap_in
 
@@ -42,9 +38,6 @@ __all__ = [
     "fwht",
     "FastfoodProjection",
     "SubspaceModel",
-    "forward_flops",
-    "latency",
-    "compare_latency",
 ]
 
 
@@ -228,14 +221,14 @@ def add_prefix(model: nn.Module, n_prefix: int, *, generator: torch.Generator | 
     """Prefix tuning :cite:`li2021prefix`: prepend ``n_prefix`` trainable keys and values in every attention layer.
 
     Works on models whose attention modules have ``prefix_k``/``prefix_v`` slots
-    (:class:`lorakit.tinyformer.Attention`). Every other parameter is frozen. The
+    (:class:`lorakit.book.tinyformer.Attention`). Every other parameter is frozen. The
     prefixes are drawn ``N(0, std²)`` (without Li & Liang's MLP reparameterisation).
 
     Returns:
         The number of prefix parameters (``2 · n_prefix · dim`` per attention layer).
 
     Example:
-        >>> from lorakit.tinyformer import TinyViT, TinyViTConfig
+        >>> from lorakit.book.tinyformer import TinyViT, TinyViTConfig
         >>> model = TinyViT(TinyViTConfig(dim=16, depth=2, heads=2, mlp_dim=16))
         >>> add_prefix(model, 3)
         192
@@ -246,7 +239,7 @@ def add_prefix(model: nn.Module, n_prefix: int, *, generator: torch.Generator | 
     if not layers:
         raise TypeError(
             f"{type(model).__name__} has no attention layer with prefix_k/prefix_v slots; "
-            "use lorakit.tinyformer.TinyViT or add such slots to your attention module"
+            "use lorakit.book.tinyformer.TinyViT or add such slots to your attention module"
         )
     if any(m.prefix_k is not None for m in layers):
         raise ValueError("the model already has prefixes; build a fresh model to change n_prefix")
@@ -366,83 +359,3 @@ class SubspaceModel(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, self.parameters_now(), (X,))
-
-
-# ----------------------------------------------------------------------------- inference cost
-
-
-def forward_flops(model: nn.Module, X: torch.Tensor) -> int:
-    """Floating-point operations of one ``model(X)`` call (counted, not timed: deterministic).
-
-    Counts matrix products (``mm``, ``addmm``, ``bmm``, …) as PyTorch's
-    ``FlopCounterMode`` does; element-wise operations are not counted.
-
-    Example:
-        >>> forward_flops(nn.Linear(4, 3, bias=False), torch.zeros(2, 4))
-        48
-    """
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(X)
-    model.train(was_training)
-    return int(counter.get_total_flops())
-
-
-def latency(model: nn.Module, X: torch.Tensor, *, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall-clock seconds of ``model(X)`` in eval mode without gradients (a timing).
-
-    Example:
-        >>> latency(nn.Linear(4, 3), torch.zeros(2, 4), repeats=3) > 0
-        True
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
-    was_training = model.training
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            model(X)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    model.train(was_training)
-    return statistics.median(times)
-
-
-def compare_latency(
-    models: dict[str, nn.Module], X: torch.Tensor, *, repeats: int = 30, warmup: int = 3
-) -> dict[str, float]:
-    """Fastest wall-clock seconds of ``model(X)`` for several models, timed in turns (a timing).
-
-    The models are timed round-robin (one call each, ``repeats`` rounds) and the
-    minimum per model is kept, so a burst of load from other processes hits every
-    model alike instead of one of them; the minimum is the least noisy estimate of
-    the cost of the computation itself.
-
-    Example:
-        >>> times = compare_latency({"a": nn.Linear(4, 4), "b": nn.Identity()}, torch.zeros(1, 4), repeats=2)
-        >>> sorted(times)
-        ['a', 'b']
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
-    if not models:
-        raise ValueError("models is empty: pass {name: model, ...}")
-    states = {name: m.training for name, m in models.items()}
-    best = {name: math.inf for name in models}
-    with torch.no_grad():
-        for m in models.values():
-            m.eval()
-            for _ in range(warmup):
-                m(X)
-        for _ in range(repeats):
-            for name, m in models.items():
-                start = time.perf_counter()
-                m(X)
-                best[name] = min(best[name], time.perf_counter() - start)
-    for name, m in models.items():
-        m.train(states[name])
-    return best

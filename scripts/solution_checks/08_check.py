@@ -14,7 +14,8 @@ import torch
 
 import lorakit as lk
 from lorakit import peft_methods as pm
-from lorakit import tinyformer as tf
+from lorakit.book import tinyformer as tf
+from lorakit.book.scaffold import finetune
 
 t_start = time.time()
 lk.seed_everything(0)
@@ -32,7 +33,7 @@ def run_lora(types: str, r: int, seed: int = 0, rslora: bool = False):
     lk.inject_lora(model, [NAMES[t] for t in types], r=r, alpha=8, rslora=rslora)
     n_lora = lk.count_parameters(model).trainable
     pm.unfreeze(model, "head")
-    res = tf.finetune(model, X_train, y_train, X_test, y_test, lr=1e-2, epochs=2, batch_size=64,
+    res = finetune(model, X_train, y_train, X_test, y_test, lr=1e-2, epochs=2, batch_size=64,
                       generator=torch.Generator().manual_seed(seed), progress=False)
     return n_lora, 100 * res.accuracy, res.history.train_loss
 

@@ -170,7 +170,7 @@ def train_blog_protocol(
         >>> len(mse), mse[-1] < mse[0]
         (10, True)
     """
-    from .train import fit
+    from ..train import fit
 
     params = [p for p in model.parameters() if p.requires_grad]
     history = fit(
@@ -182,11 +182,11 @@ def train_blog_protocol(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m lorakit.toy``: the blog's experiment at full scale (about 3 minutes on 2 cores)."""
+    """``python -m lorakit.book.toy``: the blog's experiment at full scale (about 3 minutes on 2 cores)."""
     import argparse
 
-    from .inject import inject_lora, merge_lora
-    from .repro import seed_everything
+    from ..inject import inject_lora, merge_lora
+    from ..repro import seed_everything
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..layer import LoRALinear
+from ...layer import LoRALinear
 
 __all__ = ["FNN", "TFN", "TFNBlock", "AttentionHead", "make_fnn_pair", "make_tfn_pair", "pretrain", "sample_inputs", "block_sizes"]
 

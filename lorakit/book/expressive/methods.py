@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..layer import LoRALinear
+from ...layer import LoRALinear
 from .construct import lowrank_update
 from .models import FNN, TFN, block_sizes, sample_inputs
 
@@ -46,8 +46,8 @@ def adapt_ours_fnn(
 ) -> list[torch.Tensor]:
     """Apply the paper's construction to a frozen FNN, in place.
 
-    Frozen layers are grouped into ``L̄`` consecutive blocks (:func:`~lorakit.expressive.models.block_sizes`); block
-    ``i``'s weights get :func:`~lorakit.expressive.construct.lowrank_update` towards
+    Frozen layers are grouped into ``L̄`` consecutive blocks (:func:`~lorakit.book.expressive.models.block_sizes`); block
+    ``i``'s weights get :func:`~lorakit.book.expressive.construct.lowrank_update` towards
     ``W̄_i``. With biases, every layer of a block except the last gets the constant bias
     ``margin · max(0, −min Z)`` where ``Z`` is that layer's pre-activation on the
     ``calibration`` inputs, so its ReLU acts as the identity on them; the last layer's
@@ -70,7 +70,7 @@ def adapt_ours_fnn(
             intermediate ReLUs cannot be linearised), or a layer rank below ``rank``.
 
     Example:
-        >>> from lorakit.expressive.models import make_fnn_pair
+        >>> from lorakit.book.expressive.models import make_fnn_pair
         >>> t, f = make_fnn_pair(8, 1, 2, 4)
         >>> S = adapt_ours_fnn(f, t, 4, torch.randn(64, 8))
         >>> x = torch.randn(100, 8); mse(f, t, x) < 1e-8
@@ -126,7 +126,7 @@ def adapt_ours_tfn(frozen: TFN, target: TFN, rank: int) -> list[torch.Tensor]:
 
     Per block ``l`` and head ``h``: the pair ``(W_Q, W_Kᵀ)`` is matched to
     ``Cᵀ W̄_Kᵀ W̄_Q C`` and the pair ``(W_V, W_O)`` to ``K W̄_O W̄_V C`` with
-    :func:`~lorakit.expressive.construct.lowrank_update` (two adapters per product, hence
+    :func:`~lorakit.book.expressive.construct.lowrank_update` (two adapters per product, hence
     the threshold ``R >= D/2``). Here ``C = W̄₂ W₂⁻¹`` of the previous block (``I`` for the
     first) maps adapted hidden states to the target's, and ``K = W₁⁻¹ W̄₁`` absorbs the
     unadapted first FFN weight. ``b₁ ← b̄₁``; for a non-last block ``b₂ ← W₂ W̄₂⁻¹ b̄₂``. In the last
@@ -136,7 +136,7 @@ def adapt_ours_tfn(frozen: TFN, target: TFN, rank: int) -> list[torch.Tensor]:
         The singular values of every error matrix, in the order they were processed.
 
     Example:
-        >>> from lorakit.expressive.models import make_tfn_pair
+        >>> from lorakit.book.expressive.models import make_tfn_pair
         >>> t, f = make_tfn_pair(8, 1, 4)
         >>> _ = adapt_ours_tfn(f, t, 4)
         >>> mse(f, t, torch.randn(5, 10, 8)) < 1e-8
@@ -191,7 +191,7 @@ def trainable_parameters(
     * ``"flt"`` (FNN only): weight and bias of the last ``last_layers`` layers; LoRA stays at zero.
 
     Example:
-        >>> from lorakit.expressive.models import make_fnn_pair
+        >>> from lorakit.book.expressive.models import make_fnn_pair
         >>> _, f = make_fnn_pair(8, 1, 2, 2)
         >>> sum(p.numel() for p in trainable_parameters(f, "sgd", tune_bias=False))
         64
@@ -260,7 +260,7 @@ def train_adapter(
         The batch losses every ``record_every`` steps (empty if 0), for convergence plots.
 
     Example:
-        >>> from lorakit.expressive.models import make_fnn_pair
+        >>> from lorakit.book.expressive.models import make_fnn_pair
         >>> t, f = make_fnn_pair(4, 1, 2, 2)
         >>> ps = trainable_parameters(f, "sgd")
         >>> _ = train_adapter(f, t, ps, width=4, n_epochs=3, lr=1e-3, weight_decay=0,

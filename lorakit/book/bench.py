@@ -1,6 +1,6 @@
 """How fast is a LoRA layer? A CPU benchmark of one linear layer's training step and inference.
 
-Run the full grid with ``make bench`` (or ``python -m lorakit.bench``); it prints a table
+Run the full grid with ``make bench`` (or ``python -m lorakit.book.bench``); it prints a table
 and writes a JSON report (default ``bench-results/bench.json``).
 
 For every ``d`` (a square ``d × d`` layer), number of tokens ``T`` and rank ``r`` it
@@ -41,7 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layer import LoRALinear
+from ..io import atomic_write
+from ..layer import LoRALinear
 
 __all__ = ["ideal_ratio", "CaseTiming", "BenchResult", "bench_one", "run_grid", "format_table", "main"]
 
@@ -339,7 +340,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m lorakit.bench [--d 256,1024,2048] [--tokens 512,4096] [--r 1,8,64]``.
+    """Command line: ``python -m lorakit.book.bench [--d 256,1024,2048] [--tokens 512,4096] [--r 1,8,64]``.
 
     Times the grid, prints :func:`format_table` and writes the JSON report to ``--out``;
     returns the exit status ``0``. Bad arguments exit with status 2 and a message.
@@ -355,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["--d", "256", "--tokens", "512", "--r", "8"])  # one point; writes the report  # doctest: +SKIP
         0
     """
-    parser = argparse.ArgumentParser(prog="python -m lorakit.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lorakit.book.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--d", type=_int_list, default=[256, 1024, 2048], help="layer widths (default 256,1024,2048)")
     parser.add_argument("--tokens", type=_int_list, default=[512, 4096], help="tokens per step (default 512,4096)")
     parser.add_argument("--r", type=_int_list, default=[1, 8, 64], help="LoRA ranks (default 1,8,64)")
@@ -374,9 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_grid(args.d, args.tokens, args.r, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time)
     print(format_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".partial")
-    partial.write_text(json.dumps(report(results), indent=2) + "\n")
-    partial.replace(args.out)  # never a half-written report
+    text = json.dumps(report(results), indent=2) + "\n"
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))  # never a half-written report
     print(f"report written to {args.out}")
     return 0
 

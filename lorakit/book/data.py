@@ -32,7 +32,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -42,6 +41,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from ..io import atomic_write
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -173,16 +174,12 @@ def _download(name: str, base: str, cache: Path) -> Path:
     _parse_idx(data, name, url)
     _check_sha256(data, name, url)
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cache / name)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return cache / name
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(raw)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data file should be readable like any other
+
+    return atomic_write(cache / name, write)
 
 
 def _missing_message(split: str, dirs: list[Path], reason: str) -> str:

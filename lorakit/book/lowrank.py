@@ -15,7 +15,7 @@ names them the other way round (its ``A`` is ``out × r``, its ``B`` is ``r × i
 
 The full-length run of the source (100 epochs, all ranks) is a command, not run in CI::
 
-    python -m lorakit.lowrank --epochs 100 --results lowrank_full.json
+    python -m lorakit.book.lowrank --epochs 100 --results lowrank_full.json
 
 It shows progress bars and writes the results file after each finished model, so an
 interrupted run resumes where it stopped.
@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal, Sequence
@@ -36,6 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
+
+from ..io import atomic_write
+from .scaffold import finetune
 
 __all__ = [
     "LAYER_SIZES",
@@ -46,7 +48,6 @@ __all__ = [
     "expected_parameters",
     "product_variance",
     "theoretical_product_variance",
-    "accuracy",
     "train_comparison_model",
     "run_comparison",
 ]
@@ -248,34 +249,6 @@ def theoretical_product_variance(kind: Kind, r: int | None = None, in_features: 
     raise ValueError(f"kind={kind!r} is unknown: use 'mlp', 'lowrank' or 'ae'")
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    """The fraction of ``X``'s rows whose arg-max logit equals ``y`` (model in eval mode).
-
-    Args:
-        model: maps ``(n, d)`` to ``(n, classes)`` logits.
-        X: ``(N, d)`` inputs; y: ``(N,)`` int labels.
-        batch_size: rows per forward pass (only memory depends on it).
-
-    Example:
-        >>> model = nn.Linear(2, 2)
-        >>> with torch.no_grad():
-        ...     _ = model.weight.copy_(torch.eye(2)); _ = model.bias.zero_()
-        >>> accuracy(model, torch.tensor([[1., 0.], [0., 1.], [1., 0.]]), torch.tensor([0, 1, 1]))
-        0.6666666666666666
-    """
-    if len(X) != len(y) or len(X) == 0:
-        raise ValueError(f"X has {len(X)} rows and y has {len(y)}; they must match and be non-empty")
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(X), batch_size):
-        logits = model(X[start : start + batch_size])
-        correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(X)
-
-
 def train_comparison_model(
     model: nn.Module,
     X: torch.Tensor,
@@ -302,23 +275,11 @@ def train_comparison_model(
         >>> len(accs)
         2
     """
-    from .train import fit
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    history = fit(
-        model,
-        X,
-        y,
-        loss_fn=F.cross_entropy,
-        optimizer=optimizer,
-        epochs=epochs,
-        batch_size=batch_size,
-        sampling="sequential",
-        evaluate=lambda m: {"accuracy": accuracy(m, X_test, y_test)},
-        progress=progress,
-        desc=desc,
+    result = finetune(
+        model, X, y, X_test, y_test, epochs=epochs, lr=lr, optimizer="sgd", batch_size=batch_size,
+        sampling="sequential", eval_every=1, progress=progress, desc=desc,
     )
-    return history.metric("accuracy")
+    return result.history.metric("accuracy")
 
 
 def _run_name(kind: str, r: int | None) -> str:
@@ -327,14 +288,8 @@ def _run_name(kind: str, r: int | None) -> str:
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    text = json.dumps(payload, indent=1, sort_keys=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def run_comparison(
@@ -373,7 +328,7 @@ def run_comparison(
         (6718, 1)
     """
     from .data import load_fashion_mnist
-    from .repro import seed_everything
+    from ..repro import seed_everything
 
     if epochs < 1:
         raise ValueError(f"epochs={epochs} must be >= 1")
@@ -415,7 +370,7 @@ def run_comparison(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     """Command line: the source's full-length comparison (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m lorakit.lowrank", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lorakit.book.lowrank", description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=100, help="epochs per model (source: 100)")
     parser.add_argument("--ranks", type=int, nargs="+", default=list(SOURCE_RANKS), help="ranks (source: 1..128)")
     parser.add_argument("--kinds", nargs="+", default=["mlp", "lowrank", "ae"], choices=["mlp", "lowrank", "ae"])
