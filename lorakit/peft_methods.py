@@ -1,4 +1,4 @@
-"""The PEFT family in a few lines each: BitFit, adapter layers, prefix tuning, intrinsic dimension.
+"""The PEFT family in a few lines each: BitFit, adapter layers, prefix tuning, intrinsic dimension (Chapter 7).
 
 LoRA itself is :func:`lorakit.inject.inject_lora`. The other members of the family that
 the LoRA paper compares against :cite:`hu2021lora` are here, written for any
@@ -65,7 +65,7 @@ def _named_parameters(model: nn.Module, names: str | Iterable[str]) -> tuple[dic
 
 
 def train_only(model: nn.Module, names: str | Iterable[str] = (), *, biases: bool = False) -> int:
-    """Freeze every parameter of ``model``, then unfreeze the chosen ones; return how many train.
+    """Freeze every parameter of ``model``, then unfreeze the chosen ones; return how many train (Chapter 7).
 
     Args:
         model: any module.
@@ -97,7 +97,7 @@ def train_only(model: nn.Module, names: str | Iterable[str] = (), *, biases: boo
 
 
 def unfreeze(model: nn.Module, names: str | Iterable[str]) -> int:
-    """Make the named parameters trainable *in addition* to those already trainable.
+    """Make the named parameters trainable *in addition* to those already trainable (Chapter 7).
 
     Use it after :func:`lorakit.inject.inject_lora` or :func:`inject_adapters` (which
     freeze everything else) to train a new classification head too. Names match as
@@ -123,7 +123,7 @@ def unfreeze(model: nn.Module, names: str | Iterable[str]) -> int:
 
 
 def bitfit(model: nn.Module, also: str | Iterable[str] = ("head",)) -> int:
-    """BitFit :cite:`benzaken2021bitfit`: train only the bias terms (and ``also``, e.g. the new head).
+    """BitFit :cite:`benzaken2021bitfit`: train only the bias terms (and ``also``, e.g. the new head) (Chapter 7).
 
     Returns the number of trainable parameters.
 
@@ -136,7 +136,7 @@ def bitfit(model: nn.Module, also: str | Iterable[str] = ("head",)) -> int:
 
 
 class BottleneckAdapter(nn.Module):
-    """``h + up(gelu(down(h)))`` with ``down: dim → bottleneck`` and ``up: bottleneck → dim``.
+    """``h + up(gelu(down(h)))`` with ``down: dim → bottleneck`` and ``up: bottleneck → dim`` (Chapter 7).
 
     ``up`` starts at zero, so a fresh adapter is the identity (as LoRA's ``B = 0``).
 
@@ -164,7 +164,7 @@ class BottleneckAdapter(nn.Module):
 
 
 class AdapterWrapper(nn.Module):
-    """Run ``inner`` and then a :class:`BottleneckAdapter` on its output.
+    """Run ``inner`` and then a :class:`BottleneckAdapter` on its output (Chapter 7).
 
     :func:`inject_adapters` puts one in place of each targeted layer. A fresh wrapper
     computes exactly what ``inner`` does (the adapter's ``up`` starts at zero).
@@ -196,7 +196,7 @@ class AdapterWrapper(nn.Module):
 def inject_adapters(
     model: nn.Module, targets: str | Iterable[str], bottleneck: int, *, match: MatchMode = "suffix"
 ) -> list[str]:
-    """Insert a bottleneck adapter after each targeted ``nn.Linear`` :cite:`houlsby2019parameter`, in place.
+    """Insert a bottleneck adapter after each targeted ``nn.Linear`` :cite:`houlsby2019parameter`, in place (Chapter 7).
 
     Only the adapters' parameters are trainable afterwards (everything else is frozen;
     unfreeze a new head with :func:`unfreeze` if you need it). Targets are matched as
@@ -218,7 +218,7 @@ def inject_adapters(
 
 
 def add_prefix(model: nn.Module, n_prefix: int, *, generator: torch.Generator | None = None, std: float = 1.0) -> int:
-    """Prefix tuning :cite:`li2021prefix`: prepend ``n_prefix`` trainable keys and values in every attention layer.
+    """Prefix tuning :cite:`li2021prefix`: prepend ``n_prefix`` trainable keys and values in every attention layer (Chapter 7).
 
     Works on models whose attention modules have ``prefix_k``/``prefix_v`` slots
     (:class:`lorakit.book.tinyformer.Attention`). Every other parameter is frozen. The
@@ -258,7 +258,7 @@ def add_prefix(model: nn.Module, n_prefix: int, *, generator: torch.Generator | 
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised fast Walsh–Hadamard transform along the last dimension (a power of 2).
+    """Unnormalised fast Walsh–Hadamard transform along the last dimension (a power of 2) (Chapter 7).
 
     ``fwht(fwht(x)) == L · x`` for length ``L``; costs ``O(L log L)``.
 
@@ -279,7 +279,7 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
 
 
 class FastfoodProjection(nn.Module):
-    """A random linear map ``R^d → R^D`` with ``O(D log D)`` cost: ``P z = S H G Π H B [z; 0]``.
+    """A random linear map ``R^d → R^D`` with ``O(D log D)`` cost: ``P z = S H G Π H B [z; 0]`` (Chapter 7).
 
     The Fastfood transform (as used by Aghajanyan et al. :cite:`aghajanyan2020intrinsic`):
     ``B`` random signs, ``H`` Walsh–Hadamard, ``Π`` a random permutation, ``G``
@@ -312,7 +312,7 @@ class FastfoodProjection(nn.Module):
 
 
 class SubspaceModel(nn.Module):
-    """Train ``model`` in a random ``d``-dimensional subspace of all its parameters.
+    """Train ``model`` in a random ``d``-dimensional subspace of all its parameters (Chapter 7).
 
     The parameters become ``θ = θ₀ + P z`` with ``θ₀`` the starting parameters
     (frozen), ``P`` a :class:`FastfoodProjection` and ``z ∈ R^d`` (starting at 0) the

@@ -54,10 +54,10 @@ __all__ = [
 
 Kind = Literal["mlp", "lowrank", "ae"]
 
-#: The (in, out) sizes of the quickstart MLP's three linear layers.
+#: The (in, out) sizes of the quickstart MLP's three linear layers (Chapter 2).
 LAYER_SIZES: tuple[tuple[int, int], ...] = ((784, 512), (512, 512), (512, 10))
 
-#: The ranks of the source's sweep (``src/run.sh``).
+#: The ranks of the source's sweep (``src/run.sh``) (Chapter 2).
 SOURCE_RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -69,7 +69,7 @@ def _check_rank(r: int) -> None:
 
 
 class LowRankLinear(nn.Module):
-    """A linear layer whose weight is a product of two thin factors: ``y = x (B A)ᵀ + b``.
+    """A linear layer whose weight is a product of two thin factors: ``y = x (B A)ᵀ + b`` (Chapter 2).
 
     Unlike :class:`lorakit.LoRALinear` there is no frozen ``W``: the low-rank product
     *is* the weight. The forward pass applies ``A`` first and ``B`` second, which costs
@@ -141,7 +141,7 @@ def _layer(kind: Kind, in_features: int, out_features: int, r: int | None) -> nn
 
 
 def build_model(kind: Kind, r: int | None = None) -> nn.Sequential:
-    """The quickstart MLP with each linear layer of the given ``kind`` (see the module docstring).
+    """The quickstart MLP with each linear layer of the given ``kind`` (see the module docstring) (Chapter 2).
 
     Args:
         kind: ``"mlp"``, ``"lowrank"`` or ``"ae"``.
@@ -170,7 +170,7 @@ def build_model(kind: Kind, r: int | None = None) -> nn.Sequential:
 
 
 def quickstart_mlp() -> nn.Sequential:
-    """The PyTorch quickstart network: ``Linear(784,512)–ReLU–Linear(512,512)–ReLU–Linear(512,10)``.
+    """The PyTorch quickstart network: ``Linear(784,512)–ReLU–Linear(512,512)–ReLU–Linear(512,10)`` (Chapter 2).
 
     Example:
         >>> sum(p.numel() for p in quickstart_mlp().parameters())
@@ -180,7 +180,7 @@ def quickstart_mlp() -> nn.Sequential:
 
 
 def expected_parameters(kind: Kind, r: int | None = None) -> int:
-    """The parameter count by formula: ``Σ (in·out + out)`` or ``Σ (r·(in+out) + out)``.
+    """The parameter count by formula: ``Σ (in·out + out)`` or ``Σ (r·(in+out) + out)`` (Chapter 2).
 
     Example:
         >>> expected_parameters("mlp"), expected_parameters("lowrank", 1)
@@ -209,7 +209,7 @@ def _effective_weight(kind: Kind, in_features: int, out_features: int, r: int | 
 def product_variance(
     kind: Kind, r: int | None = None, in_features: int = 784, out_features: int = 512, draws: int = 1
 ) -> float:
-    """The measured variance of the entries of a freshly initialised layer's effective weight.
+    """The measured variance of the entries of a freshly initialised layer's effective weight (Chapter 2).
 
     The effective weight is ``W`` (``"mlp"``), ``B A`` (``"lowrank"``) or the product of
     the two ``nn.Linear`` weights (``"ae"``); it is drawn ``draws`` times from torch's
@@ -227,7 +227,7 @@ def product_variance(
 
 
 def theoretical_product_variance(kind: Kind, r: int | None = None, in_features: int = 784) -> float:
-    """The entry variance of the effective weight at init, by formula.
+    """The entry variance of the effective weight at init, by formula (Chapter 2).
 
     * ``"mlp"``: ``W ~ U(±1/√in)``, variance ``1/(3·in)``;
     * ``"lowrank"``: a sum of ``r`` products of two ``U(±1/√r)`` entries, ``r·(1/(3r))² = 1/(9r)``;
@@ -262,7 +262,7 @@ def train_comparison_model(
     progress: bool = True,
     desc: str = "training",
 ) -> list[float]:
-    """Train as the source does and return the test accuracy after each epoch.
+    """Train as the source does and return the test accuracy after each epoch (Chapter 2).
 
     The source's recipe: cross-entropy, ``torch.optim.SGD(lr=1e-3)`` without momentum
     or weight decay, batches of 64 in a fixed order (its ``DataLoader`` does not
@@ -302,7 +302,7 @@ def run_comparison(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Train each ``(kind, r)`` of ``runs`` with the source's recipe; return their results.
+    """Train each ``(kind, r)`` of ``runs`` with the source's recipe; return their results (Chapter 2).
 
     Every run re-seeds torch with ``seed`` before building its model, so a run's
     numbers do not depend on which runs came before it. With ``results`` set, the

@@ -32,9 +32,9 @@ from ..io import atomic_write
 
 __all__ = ["SENTENCES_PATH", "COLUMNS", "build", "to_csv", "load_sentences", "main"]
 
-#: The stored task, inside the package (``lorakit/book/assets/sentences.csv``).
+#: The stored task, inside the package (``lorakit/book/assets/sentences.csv``) (Chapter 13).
 SENTENCES_PATH = Path(__file__).with_name("assets") / "sentences.csv"
-#: The CSV's columns, in order.
+#: The CSV's columns, in order (Chapter 13).
 COLUMNS = ("text", "label", "kind", "split")
 
 SUBJECTS = ["the food", "the movie", "the service", "the hotel room", "the book", "the concert",
@@ -49,7 +49,7 @@ NEGATED = ["{s} was not {a}.", "{s} was never {a}.", "{s} was anything but {a}."
 
 
 def build(seed: int = 0, test_fraction: float = 0.3) -> list[tuple[str, int, str, str]]:
-    """Every sentence of the task, as ``(text, label, kind, split)`` rows in a shuffled order.
+    """Every sentence of the task, as ``(text, label, kind, split)`` rows in a shuffled order (Chapter 13).
 
     Args:
         seed: seeds the choice of templates, of the held-out pairs and the row order.
@@ -88,7 +88,7 @@ def build(seed: int = 0, test_fraction: float = 0.3) -> list[tuple[str, int, str
 
 
 def to_csv(rows: Sequence[tuple[str, int, str, str]]) -> str:
-    """The rows as CSV text with a header line (``\\r\\n`` line ends, as the ``csv`` module writes).
+    """The rows as CSV text with a header line (``\\r\\n`` line ends, as the ``csv`` module writes) (Chapter 13).
 
     Example:
         >>> to_csv([("the food was good.", 1, "plain", "train")]).splitlines()
@@ -102,7 +102,7 @@ def to_csv(rows: Sequence[tuple[str, int, str, str]]) -> str:
 
 
 def load_sentences(split: str | None = None) -> list[dict[str, object]]:
-    """The stored sentences as dicts with keys :data:`COLUMNS` (``label`` an ``int``).
+    """The stored sentences as dicts with keys :data:`COLUMNS` (``label`` an ``int``) (Chapter 13).
 
     Args:
         split: ``"train"`` or ``"test"`` for one split; ``None`` for all 576 rows.
@@ -120,7 +120,7 @@ def load_sentences(split: str | None = None) -> list[dict[str, object]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lorakit.book.sentences [--check]``: rebuild :data:`SENTENCES_PATH`, or check it.
+    """``python -m lorakit.book.sentences [--check]``: rebuild :data:`SENTENCES_PATH`, or check it (Chapter 13).
 
     Returns the exit status (1 when ``--check`` finds the file differs from :func:`build`).
 

@@ -1,4 +1,4 @@
-"""The Part II fine-tuning task: a pretrained FashionMNIST MLP and a shifted downstream task.
+"""The Part II fine-tuning task (Chapter 3; reused by Chapters 10–12): a pretrained FashionMNIST MLP and a shifted downstream task.
 
 **Pretraining.** The quickstart MLP (784→512→512→10, :func:`lorakit.book.lowrank.quickstart_mlp`)
 is trained on the first :data:`PRETRAIN_N` upright FashionMNIST training images with Adam
@@ -62,17 +62,17 @@ __all__ = [
 
 Method = Literal["frozen", "last_layer", "full", "lora"]
 
-#: Seed of the pretraining run (init and shuffling).
+#: Seed of the pretraining run (init and shuffling) (Chapter 3).
 PRETRAIN_SEED = 0
-#: Pretraining uses the first this-many training images (upright).
+#: Pretraining uses the first this-many training images (upright) (Chapter 3).
 PRETRAIN_N = 50_000
-#: Passes over the pretraining images.
+#: Passes over the pretraining images (Chapter 3).
 PRETRAIN_EPOCHS = 3
-#: Rotated training images of the downstream task (taken from the last 10,000).
+#: Rotated training images of the downstream task (taken from the last 10,000) (Chapter 3).
 DOWNSTREAM_N_TRAIN = 5_000
 #: The layers LoRA adapts in Chapter 3, the two hidden layers (``0`` is 784→512, ``2`` is 512→512).
 LORA_TARGETS: tuple[str, ...] = ("0", "2")
-#: The pretrained weights, shipped inside the package (``lorakit/book/assets/``).
+#: The pretrained weights, shipped inside the package (``lorakit/book/assets/``) (Chapter 3).
 PRETRAINED_PATH = Path(__file__).with_name("assets") / "fashion_mlp_pretrained.safetensors"
 
 _FORMAT = "lorakit-fashion-mlp/1"
@@ -80,7 +80,7 @@ _RECIPE = f"quickstart-mlp adam lr=1e-3 batch=128 epochs={PRETRAIN_EPOCHS} n={PR
 
 
 def downstream_task(n_train: int = DOWNSTREAM_N_TRAIN) -> Task:
-    """The shifted task: FashionMNIST rotated by 90° (see the module docstring).
+    """The shifted task: FashionMNIST rotated by 90° (see the module docstring) (Chapter 3).
 
     Args:
         n_train: training images, from the last 10,000 of the training split (1..10000).
@@ -104,7 +104,7 @@ def downstream_task(n_train: int = DOWNSTREAM_N_TRAIN) -> Task:
 
 
 def pretrain(seed: int = PRETRAIN_SEED, epochs: int = PRETRAIN_EPOCHS, progress: bool = True) -> nn.Sequential:
-    """Train the quickstart MLP on upright FashionMNIST (the recipe in the module docstring).
+    """Train the quickstart MLP on upright FashionMNIST (the recipe in the module docstring) (Chapter 3).
 
     Torch's global random state and thread count are restored afterwards, so calling
     this does not change what the caller's code draws next.
@@ -179,7 +179,7 @@ def prepare_finetuning(
     alpha: float | None = None,
     targets: Sequence[str] = LORA_TARGETS,
 ) -> nn.Module:
-    """Set which parameters of the pretrained MLP train, in place; return ``model``.
+    """Set which parameters of the pretrained MLP train, in place; return ``model`` (Chapter 3).
 
     * ``"frozen"``: nothing trains;
     * ``"last_layer"``: only the output layer (``"4"``, 512→10, weight and bias);

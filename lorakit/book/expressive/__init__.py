@@ -1,4 +1,4 @@
-"""The expressive power of LoRA (Part III): Zeng & Lee (2024), re-implemented.
+"""The expressive power of LoRA (Part III, Chapters 4–6): Zeng & Lee (2024), re-implemented.
 
 * :mod:`~lorakit.book.expressive.construct` — the linear construction (SVD, rank split, telescoping);
 * :mod:`~lorakit.book.expressive.models` — target/frozen FNN and transformer generators, pretraining;

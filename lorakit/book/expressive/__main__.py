@@ -1,4 +1,4 @@
-"""Entry point: ``python -m lorakit.book.expressive --help``."""
+"""Entry point: ``python -m lorakit.book.expressive --help`` (Chapters 4–6)."""
 
 import sys
 

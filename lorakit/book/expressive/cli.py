@@ -1,4 +1,4 @@
-"""``python -m lorakit.book.expressive``: the paper's ``run_exp.py`` command line, plus the full grid.
+"""``python -m lorakit.book.expressive``: the paper's ``run_exp.py`` command line, plus the full grid (Chapters 4–6).
 
 Single run (the paper's flags; ``--wandb`` is accepted and ignored)::
 
@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: every field of :class:`~lorakit.book.expressive.experiment.Config` as ``--name``.
+    """The argument parser: every field of :class:`~lorakit.book.expressive.experiment.Config` as ``--name`` (Chapter 4).
 
     Example:
         >>> build_parser().parse_args(["--rank", "4", "--taget_depth", "2"]).target_depth
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv``, run, print the report; return the exit status (0 ok, 2 invalid configuration).
+    """Parse ``argv``, run, print the report; return the exit status (0 ok, 2 invalid configuration) (Chapter 5).
 
     Example:
         >>> main(["--rank", "0"])

@@ -1,4 +1,4 @@
-"""The three adaptation methods of the paper: 'ours' (the construction), 'sgd' (trained LoRA), 'flt'.
+"""The three adaptation methods of the paper: 'ours' (the construction), 'sgd' (trained LoRA), 'flt' (Chapters 4–6).
 
 * :func:`adapt_ours_fnn` / :func:`adapt_ours_tfn` write the construction's LoRA
   factors (and biases) into a frozen model — no training.
@@ -44,7 +44,7 @@ def _effective(layer: nn.Module) -> torch.Tensor:
 def adapt_ours_fnn(
     frozen: FNN, target: FNN, rank: int, calibration: torch.Tensor, *, margin: float = 2.0
 ) -> list[torch.Tensor]:
-    """Apply the paper's construction to a frozen FNN, in place.
+    """Apply the paper's construction to a frozen FNN, in place (Chapter 5).
 
     Frozen layers are grouped into ``L̄`` consecutive blocks (:func:`~lorakit.book.expressive.models.block_sizes`); block
     ``i``'s weights get :func:`~lorakit.book.expressive.construct.lowrank_update` towards
@@ -122,7 +122,7 @@ def adapt_ours_fnn(
 
 @torch.no_grad()
 def adapt_ours_tfn(frozen: TFN, target: TFN, rank: int) -> list[torch.Tensor]:
-    """Apply the paper's transformer construction to a frozen TFN of the same depth, in place.
+    """Apply the paper's transformer construction to a frozen TFN of the same depth, in place (Chapter 6).
 
     Per block ``l`` and head ``h``: the pair ``(W_Q, W_Kᵀ)`` is matched to
     ``Cᵀ W̄_Kᵀ W̄_Q C`` and the pair ``(W_V, W_O)`` to ``K W̄_O W̄_V C`` with
@@ -185,7 +185,7 @@ def adapt_ours_tfn(frozen: TFN, target: TFN, rank: int) -> list[torch.Tensor]:
 def trainable_parameters(
     frozen: nn.Module, method: Literal["sgd", "flt"], *, tune_bias: bool = True, last_layers: int = 1
 ) -> list[nn.Parameter]:
-    """The parameters a method trains, with ``requires_grad`` set accordingly (everything else frozen).
+    """The parameters a method trains, with ``requires_grad`` set accordingly (everything else frozen) (Chapter 4).
 
     * ``"sgd"``: every LoRA ``A`` and ``B``; for an FNN with ``tune_bias`` also every layer bias.
     * ``"flt"`` (FNN only): weight and bias of the last ``last_layers`` layers; LoRA stays at zero.
@@ -221,7 +221,7 @@ def trainable_parameters(
 
 @torch.no_grad()
 def mse(model: nn.Module, target: nn.Module, X: torch.Tensor, chunk: int = 1000) -> float:
-    """Mean squared error between ``model`` and ``target`` on inputs ``X`` (over all entries).
+    """Mean squared error between ``model`` and ``target`` on inputs ``X`` (over all entries; Chapter 4).
 
     Example:
         >>> mse(nn.Identity(), nn.Identity(), torch.randn(4, 3))
@@ -251,7 +251,7 @@ def train_adapter(
     progress: bool = True,
     record_every: int = 0,
 ) -> list[float]:
-    """Train ``params`` with Adam (coupled L2 ``weight_decay``), one fresh batch per step.
+    """Train ``params`` with Adam (coupled L2 ``weight_decay``), one fresh batch per step (Chapter 4).
 
     Each of the ``n_epochs`` steps draws ``batch_size`` Gaussian inputs from
     ``generator``, labels them with ``target`` and takes one Adam step on the MSE.

@@ -98,7 +98,7 @@ def patchify(X: torch.Tensor, image_size: int = 28, patch_size: int = 7) -> torc
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with separate ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``.
+    """Multi-head self-attention with separate ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (Chapter 7).
 
     ``prefix_k`` and ``prefix_v`` are ``None`` unless prefix tuning sets them
     (:func:`lorakit.peft_methods.add_prefix`): then ``(n_prefix, dim)`` trainable
@@ -140,7 +140,7 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + fc2(gelu(fc1(ln2(x))))``.
+    """A pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + fc2(gelu(fc1(ln2(x))))`` (Chapter 7).
 
     Shapes:
         input ``(N, T, dim)`` → output ``(N, T, dim)``; ``fc1.weight`` is ``(mlp_dim, dim)``,
@@ -166,7 +166,7 @@ class Block(nn.Module):
 
 
 class TinyViT(nn.Module):
-    """A small vision transformer for 28×28 grey images.
+    """A small vision transformer for 28×28 grey images (Chapter 7).
 
     Module names follow the usual LoRA targets: ``blocks.{i}.attn.q_proj`` (and
     ``k_proj``, ``v_proj``, ``o_proj``), ``blocks.{i}.fc1``, ``blocks.{i}.fc2``,

@@ -54,13 +54,13 @@ __all__ = [
     "main",
 ]
 
-#: FashionMNIST's ten class names, by label.
+#: FashionMNIST's ten class names, by label (Chapter 7).
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-#: Labels of the pretraining task (T-shirt/top, Trouser, Pullover, Dress, Coat).
+#: Labels of the pretraining task (T-shirt/top, Trouser, Pullover, Dress, Coat) (Chapter 7).
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
-#: Labels of the downstream task (Sandal, Shirt, Sneaker, Bag, Ankle boot), shown rotated by 90°.
+#: Labels of the downstream task (Sandal, Shirt, Sneaker, Bag, Ankle boot), shown rotated by 90° (Chapter 7).
 DOWNSTREAM_CLASSES = (5, 6, 7, 8, 9)
-#: The pretrained weight file, ``lorakit/book/assets/tinyvit_fmnist.safetensors`` (package data).
+#: The pretrained weight file, ``lorakit/book/assets/tinyvit_fmnist.safetensors`` (package data) (Chapter 7).
 DEFAULT_WEIGHTS = Path(__file__).parent.parent / "assets" / "tinyvit_fmnist.safetensors"
 _FORMAT = "lorakit-tinyvit/1"
 
@@ -71,7 +71,7 @@ _FORMAT = "lorakit-tinyvit/1"
 def load_task(
     task: str, split: str, n: int | None = None, *, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pretraining or the downstream task, as in-memory tensors.
+    """The pretraining or the downstream task, as in-memory tensors (Chapter 7).
 
     Args:
         task: ``"pretrain"`` (classes 0–4, upright) or ``"downstream"`` (classes 5–9,
@@ -110,7 +110,7 @@ def load_task(
 
 
 def reset_head(model: TinyViT, n_classes: int = 5, *, generator: torch.Generator | None = None) -> nn.Linear:
-    """Replace ``model.head`` by a fresh trainable ``nn.Linear(dim, n_classes)``; return it.
+    """Replace ``model.head`` by a fresh trainable ``nn.Linear(dim, n_classes)``; return it (Chapter 7).
 
     The new head is drawn from ``generator`` (PyTorch's default ``nn.Linear`` init),
     so every method in a comparison can start from the same head.
@@ -137,7 +137,7 @@ def reset_head(model: TinyViT, n_classes: int = 5, *, generator: torch.Generator
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    """How :func:`pretrain` trains; stored in the weight file's metadata.
+    """How :func:`pretrain` trains; stored in the weight file's metadata (Chapter 7).
 
     Attributes:
         seed: seeds torch (weights, batch order) and the training subset.
@@ -165,7 +165,7 @@ def pretrain(
     n_train: int | None = None,
     progress: bool = True,
 ) -> tuple[TinyViT, float]:
-    """Pretrain a :class:`TinyViT` on the pretraining task; return ``(model, test accuracy)``.
+    """Pretrain a :class:`TinyViT` on the pretraining task; return ``(model, test accuracy)`` (Chapter 7).
 
     Deterministic: the same config and recipe give bit-identical weights on the same
     machine and torch version (one thread, seeded from ``recipe.seed``).
@@ -271,7 +271,7 @@ def load_pretrained(path: str | os.PathLike | None = None, *, progress: bool = F
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: pretrain the default TinyViT and write its weights.
+    """Command line: pretrain the default TinyViT and write its weights (Chapter 7).
 
     ``python -m lorakit.book.tinyformer [--out FILE] [--seed 0] [--epochs 4]``; prints the
     pretraining test accuracy and the file written.
