@@ -46,7 +46,7 @@ def train(kind, r, *, modify=lambda m: m, optimizer="sgd", epochs=3, X=X20, y=y2
     lk.seed_everything(0, threads=None)
     model = modify(lowrank.build_model(kind, r))
     if optimizer == "sgd":
-        return lowrank.train_comparison_model(model, X, y, X_test, y_test, epochs=epochs, progress=False)
+        return lowrank.train_comparison_model(model, X, y, X_test, y_test, epochs=epochs, progress=False).history.metric("accuracy")
     # lowrank.train_comparison_model's recipe with Adam instead of SGD
     res = finetune(model, X, y, X_test, y_test, epochs=epochs, lr=1e-3, optimizer="adam", batch_size=64,
                    sampling="sequential", eval_every=1, progress=False)
