@@ -133,3 +133,11 @@ def test_pretraining_is_bit_for_bit_reproducible():
     assert acc_a == acc_b
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+@needs_data
+def test_downstream_task_is_one_task_of_both_splits():
+    task = tf.downstream_task(50, 30, seed=3)
+    assert task.X.shape == (50, 784) and task.X_test.shape == (30, 784)
+    X, y = tf.load_task("downstream", "train", 50, seed=3)
+    assert torch.equal(task.X, X) and torch.equal(task.y, y)

@@ -22,8 +22,7 @@ from lorakit.train import accuracy
 t_start = time.time()
 lk.seed_everything(0)
 base = tf.load_pretrained()
-X_train, y_train = tf.load_task("downstream", "train", 2000, seed=0)
-X_test, y_test = tf.load_task("downstream", "test", 2000, seed=0)
+X_train, y_train, X_test, y_test = tf.downstream_task()  # 2,000 + 2,000 rotated images, seed 0
 x1 = X_test[:1]
 total = lk.count_parameters(base).total
 base_flops = measure.forward_flops(base, x1)

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ...io import atomic_write
 from .methods import adapt_ours_fnn, adapt_ours_tfn, mse, train_adapter, trainable_parameters
 from .models import make_fnn_pair, make_tfn_pair, pretrain, sample_inputs
 
@@ -367,18 +368,16 @@ def run_grid(configs: list[Config], results: str | Path, *, limit: int | None = 
     """
     path = Path(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                done.add(_key(Config(**json.loads(line)["config"])))
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    done = {_key(Config(**json.loads(line)["config"])) for line in lines}
     todo = [c for c in configs if _key(c) not in done][: limit if limit is not None else None]
     from tqdm.auto import tqdm
 
     for cfg in tqdm(todo, desc="grid", disable=not progress):
         res = run_experiment(cfg, progress=False, log=lambda *a: None)
-        with path.open("a") as fh:
-            fh.write(json.dumps(res.to_json()) + "\n")
+        lines.append(json.dumps(res.to_json()))
+        text = "\n".join(lines) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))  # the file always holds whole runs only
     return len(todo)
 
 

@@ -14,6 +14,7 @@ from .task import (
     DOWNSTREAM_CLASSES,
     PRETRAIN_CLASSES,
     PretrainRecipe,
+    downstream_task,
     load_model,
     load_pretrained,
     load_task,
@@ -26,5 +27,5 @@ from .task import (
 __all__ = [
     "TinyViTConfig", "Attention", "Block", "TinyViT", "patchify",
     "PRETRAIN_CLASSES", "DOWNSTREAM_CLASSES", "CLASS_NAMES", "DEFAULT_WEIGHTS",
-    "load_task", "pretrain", "save_model", "load_model", "load_pretrained", "reset_head", "PretrainRecipe", "main",
+    "load_task", "downstream_task", "pretrain", "save_model", "load_model", "load_pretrained", "reset_head", "PretrainRecipe", "main",
 ]

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from ...repro import seed_everything
 from ...train import accuracy, fit
 from ..data import load_fashion_mnist
-from ..scaffold import load_or_pretrain, load_weights, rotate, save_weights
+from ..scaffold import Task, load_or_pretrain, load_weights, rotate, save_weights
 from .model import TinyViT, TinyViTConfig
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "CLASS_NAMES",
     "DEFAULT_WEIGHTS",
     "load_task",
+    "downstream_task",
     "pretrain",
     "save_model",
     "load_model",
@@ -104,6 +105,20 @@ def load_task(
     if task == "downstream":
         X = rotate(X)
     return X, y
+
+
+def downstream_task(n_train: int | None = 2000, n_test: int | None = 2000, *, seed: int = 0) -> Task:
+    """The Part IV downstream task, both splits, as one :class:`~lorakit.book.scaffold.Task` (Chapter 7).
+
+    Chapters 7–9 train on 2,000 rotated images of the five unseen classes and score on 2,000 more
+    (each a random subset drawn with ``seed``, see :func:`load_task`).
+
+    Example:
+        >>> X, y, X_test, y_test = downstream_task(10, 20)   # doctest: +SKIP
+        >>> X.shape, X_test.shape                            # doctest: +SKIP
+        (torch.Size([10, 784]), torch.Size([20, 784]))
+    """
+    return Task(*load_task("downstream", "train", n_train, seed=seed), *load_task("downstream", "test", n_test, seed=seed))
 
 
 # ----------------------------------------------------------------------------- the new head
@@ -288,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         True
         >>> main(["--out", "lorakit/book/assets/tinyvit_fmnist.safetensors"])  # pretrains on FashionMNIST  # doctest: +SKIP
     """
-    parser = argparse.ArgumentParser(description="Pretrain the Part IV TinyViT on FashionMNIST classes 0-4.")
+    parser = argparse.ArgumentParser(prog="python -m lorakit.book.tinyformer",
+                                     description="Pretrain the Part IV TinyViT on FashionMNIST classes 0-4.")
     parser.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="output safetensors file")
     parser.add_argument("--seed", type=int, default=PretrainRecipe.seed)
     parser.add_argument("--epochs", type=int, default=PretrainRecipe.epochs)
