@@ -249,17 +249,7 @@ def theoretical_product_variance(kind: Kind, r: int | None = None, in_features: 
 
 
 def train_comparison_model(
-    model: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    X_test: torch.Tensor,
-    y_test: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    progress: bool = True,
-    desc: str = "training",
+    model: nn.Module, *data: torch.Tensor, epochs: int, lr: float = 1e-3, **options: object
 ) -> FinetuneResult:
     """Train as the source does, scoring the test accuracy after each epoch (Chapter 2).
 
@@ -267,6 +257,12 @@ def train_comparison_model(
     or weight decay, batches of 64 in a fixed order (its ``DataLoader`` does not
     shuffle), the test accuracy evaluated after every epoch. It is the book's one fine-tuning
     helper, :func:`lorakit.book.scaffold.finetune`, with those settings.
+
+    Args:
+        model: the model to train (all its parameters).
+        data: ``X, y, X_test, y_test`` (a :class:`~lorakit.book.scaffold.Task` unpacked).
+        epochs, lr: passes over ``X`` and SGD's learning rate.
+        options: more :func:`~lorakit.book.scaffold.finetune` arguments (``batch_size``, ``progress``, ``desc``).
 
     Returns:
         A :class:`~lorakit.book.scaffold.FinetuneResult`; ``.history.metric("accuracy")`` is the
@@ -279,10 +275,8 @@ def train_comparison_model(
         >>> len(res.history.metric("accuracy")), res.trainable
         (2, 6718)
     """
-    return finetune(
-        model, X, y, X_test, y_test, epochs=epochs, lr=lr, optimizer="sgd", batch_size=batch_size,
-        sampling="sequential", eval_every=1, progress=progress, desc=desc,
-    )
+    options = {"batch_size": 64, **options}
+    return finetune(model, *data, epochs=epochs, lr=lr, optimizer="sgd", sampling="sequential", eval_every=1, **options)
 
 
 def _run_name(kind: str, r: int | None) -> str:
