@@ -1,4 +1,4 @@
-"""The PEFT family in a few lines each: BitFit, adapter layers, prefix tuning, intrinsic dimension.
+"""The PEFT family in a few lines each: BitFit, adapter layers, prefix tuning, intrinsic dimension (Chapter 7).
 
 LoRA itself is :func:`lorakit.inject.inject_lora`. The other members of the family that
 the LoRA paper compares against :cite:`hu2021lora` are here, written for any
@@ -10,24 +10,20 @@ the LoRA paper compares against :cite:`hu2021lora` are here, written for any
   small ``dim → bottleneck → dim`` MLP with a residual connection, inserted after a
   module's output (after attention's ``o_proj`` and the MLP's ``fc2``);
 * :func:`add_prefix` — prefix tuning: trainable key/value vectors prepended in every
-  attention layer of a :class:`lorakit.tinyformer.TinyViT`;
+  attention layer of a :class:`lorakit.book.tinyformer.TinyViT`;
 * :class:`SubspaceModel` — intrinsic dimension: train only ``z ∈ R^d`` with all
   parameters ``θ = θ₀ + P z``, ``P`` a random Fastfood projection;
-* :func:`forward_flops`, :func:`latency`, :func:`compare_latency` — what a method costs at inference.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from .inject import MatchMode, select_linears, swap_in
 
@@ -42,9 +38,6 @@ __all__ = [
     "fwht",
     "FastfoodProjection",
     "SubspaceModel",
-    "forward_flops",
-    "latency",
-    "compare_latency",
 ]
 
 
@@ -72,7 +65,7 @@ def _named_parameters(model: nn.Module, names: str | Iterable[str]) -> tuple[dic
 
 
 def train_only(model: nn.Module, names: str | Iterable[str] = (), *, biases: bool = False) -> int:
-    """Freeze every parameter of ``model``, then unfreeze the chosen ones; return how many train.
+    """Freeze every parameter of ``model``, then unfreeze the chosen ones; return how many train (Chapter 7).
 
     Args:
         model: any module.
@@ -104,7 +97,7 @@ def train_only(model: nn.Module, names: str | Iterable[str] = (), *, biases: boo
 
 
 def unfreeze(model: nn.Module, names: str | Iterable[str]) -> int:
-    """Make the named parameters trainable *in addition* to those already trainable.
+    """Make the named parameters trainable *in addition* to those already trainable (Chapter 7).
 
     Use it after :func:`lorakit.inject.inject_lora` or :func:`inject_adapters` (which
     freeze everything else) to train a new classification head too. Names match as
@@ -130,7 +123,7 @@ def unfreeze(model: nn.Module, names: str | Iterable[str]) -> int:
 
 
 def bitfit(model: nn.Module, also: str | Iterable[str] = ("head",)) -> int:
-    """BitFit :cite:`benzaken2021bitfit`: train only the bias terms (and ``also``, e.g. the new head).
+    """BitFit :cite:`benzaken2021bitfit`: train only the bias terms (and ``also``, e.g. the new head) (Chapter 7).
 
     Returns the number of trainable parameters.
 
@@ -143,7 +136,7 @@ def bitfit(model: nn.Module, also: str | Iterable[str] = ("head",)) -> int:
 
 
 class BottleneckAdapter(nn.Module):
-    """``h + up(gelu(down(h)))`` with ``down: dim → bottleneck`` and ``up: bottleneck → dim``.
+    """``h + up(gelu(down(h)))`` with ``down: dim → bottleneck`` and ``up: bottleneck → dim`` (Chapter 7).
 
     ``up`` starts at zero, so a fresh adapter is the identity (as LoRA's ``B = 0``).
 
@@ -171,7 +164,7 @@ class BottleneckAdapter(nn.Module):
 
 
 class AdapterWrapper(nn.Module):
-    """Run ``inner`` and then a :class:`BottleneckAdapter` on its output.
+    """Run ``inner`` and then a :class:`BottleneckAdapter` on its output (Chapter 7).
 
     :func:`inject_adapters` puts one in place of each targeted layer. A fresh wrapper
     computes exactly what ``inner`` does (the adapter's ``up`` starts at zero).
@@ -203,7 +196,7 @@ class AdapterWrapper(nn.Module):
 def inject_adapters(
     model: nn.Module, targets: str | Iterable[str], bottleneck: int, *, match: MatchMode = "suffix"
 ) -> list[str]:
-    """Insert a bottleneck adapter after each targeted ``nn.Linear`` :cite:`houlsby2019parameter`, in place.
+    """Insert a bottleneck adapter after each targeted ``nn.Linear`` :cite:`houlsby2019parameter`, in place (Chapter 7).
 
     Only the adapters' parameters are trainable afterwards (everything else is frozen;
     unfreeze a new head with :func:`unfreeze` if you need it). Targets are matched as
@@ -225,17 +218,17 @@ def inject_adapters(
 
 
 def add_prefix(model: nn.Module, n_prefix: int, *, generator: torch.Generator | None = None, std: float = 1.0) -> int:
-    """Prefix tuning :cite:`li2021prefix`: prepend ``n_prefix`` trainable keys and values in every attention layer.
+    """Prefix tuning :cite:`li2021prefix`: prepend ``n_prefix`` trainable keys and values in every attention layer (Chapter 7).
 
     Works on models whose attention modules have ``prefix_k``/``prefix_v`` slots
-    (:class:`lorakit.tinyformer.Attention`). Every other parameter is frozen. The
+    (:class:`lorakit.book.tinyformer.Attention`). Every other parameter is frozen. The
     prefixes are drawn ``N(0, std²)`` (without Li & Liang's MLP reparameterisation).
 
     Returns:
         The number of prefix parameters (``2 · n_prefix · dim`` per attention layer).
 
     Example:
-        >>> from lorakit.tinyformer import TinyViT, TinyViTConfig
+        >>> from lorakit.book.tinyformer import TinyViT, TinyViTConfig
         >>> model = TinyViT(TinyViTConfig(dim=16, depth=2, heads=2, mlp_dim=16))
         >>> add_prefix(model, 3)
         192
@@ -246,7 +239,7 @@ def add_prefix(model: nn.Module, n_prefix: int, *, generator: torch.Generator | 
     if not layers:
         raise TypeError(
             f"{type(model).__name__} has no attention layer with prefix_k/prefix_v slots; "
-            "use lorakit.tinyformer.TinyViT or add such slots to your attention module"
+            "use lorakit.book.tinyformer.TinyViT or add such slots to your attention module"
         )
     if any(m.prefix_k is not None for m in layers):
         raise ValueError("the model already has prefixes; build a fresh model to change n_prefix")
@@ -265,7 +258,7 @@ def add_prefix(model: nn.Module, n_prefix: int, *, generator: torch.Generator | 
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised fast Walsh–Hadamard transform along the last dimension (a power of 2).
+    """Unnormalised fast Walsh–Hadamard transform along the last dimension (a power of 2) (Chapter 7).
 
     ``fwht(fwht(x)) == L · x`` for length ``L``; costs ``O(L log L)``.
 
@@ -286,7 +279,7 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
 
 
 class FastfoodProjection(nn.Module):
-    """A random linear map ``R^d → R^D`` with ``O(D log D)`` cost: ``P z = S H G Π H B [z; 0]``.
+    """A random linear map ``R^d → R^D`` with ``O(D log D)`` cost: ``P z = S H G Π H B [z; 0]`` (Chapter 7).
 
     The Fastfood transform (as used by Aghajanyan et al. :cite:`aghajanyan2020intrinsic`):
     ``B`` random signs, ``H`` Walsh–Hadamard, ``Π`` a random permutation, ``G``
@@ -319,7 +312,7 @@ class FastfoodProjection(nn.Module):
 
 
 class SubspaceModel(nn.Module):
-    """Train ``model`` in a random ``d``-dimensional subspace of all its parameters.
+    """Train ``model`` in a random ``d``-dimensional subspace of all its parameters (Chapter 7).
 
     The parameters become ``θ = θ₀ + P z`` with ``θ₀`` the starting parameters
     (frozen), ``P`` a :class:`FastfoodProjection` and ``z ∈ R^d`` (starting at 0) the
@@ -366,83 +359,3 @@ class SubspaceModel(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, self.parameters_now(), (X,))
-
-
-# ----------------------------------------------------------------------------- inference cost
-
-
-def forward_flops(model: nn.Module, X: torch.Tensor) -> int:
-    """Floating-point operations of one ``model(X)`` call (counted, not timed: deterministic).
-
-    Counts matrix products (``mm``, ``addmm``, ``bmm``, …) as PyTorch's
-    ``FlopCounterMode`` does; element-wise operations are not counted.
-
-    Example:
-        >>> forward_flops(nn.Linear(4, 3, bias=False), torch.zeros(2, 4))
-        48
-    """
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(X)
-    model.train(was_training)
-    return int(counter.get_total_flops())
-
-
-def latency(model: nn.Module, X: torch.Tensor, *, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall-clock seconds of ``model(X)`` in eval mode without gradients (a timing).
-
-    Example:
-        >>> latency(nn.Linear(4, 3), torch.zeros(2, 4), repeats=3) > 0
-        True
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
-    was_training = model.training
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            model(X)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    model.train(was_training)
-    return statistics.median(times)
-
-
-def compare_latency(
-    models: dict[str, nn.Module], X: torch.Tensor, *, repeats: int = 30, warmup: int = 3
-) -> dict[str, float]:
-    """Fastest wall-clock seconds of ``model(X)`` for several models, timed in turns (a timing).
-
-    The models are timed round-robin (one call each, ``repeats`` rounds) and the
-    minimum per model is kept, so a burst of load from other processes hits every
-    model alike instead of one of them; the minimum is the least noisy estimate of
-    the cost of the computation itself.
-
-    Example:
-        >>> times = compare_latency({"a": nn.Linear(4, 4), "b": nn.Identity()}, torch.zeros(1, 4), repeats=2)
-        >>> sorted(times)
-        ['a', 'b']
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
-    if not models:
-        raise ValueError("models is empty: pass {name: model, ...}")
-    states = {name: m.training for name, m in models.items()}
-    best = {name: math.inf for name in models}
-    with torch.no_grad():
-        for m in models.values():
-            m.eval()
-            for _ in range(warmup):
-                m(X)
-        for _ in range(repeats):
-            for name, m in models.items():
-                start = time.perf_counter()
-                m(X)
-                best[name] = min(best[name], time.perf_counter() - start)
-    for name, m in models.items():
-        m.train(states[name])
-    return best

@@ -1,4 +1,4 @@
-"""What ``ΔW`` looks like: subspace similarity and amplification (Section 7 of the LoRA paper).
+"""What ``ΔW`` looks like: subspace similarity and amplification (Section 7 of the LoRA paper; Chapter 9).
 
 Two measurements from Hu et al. :cite:`hu2021lora`:
 
@@ -43,7 +43,7 @@ def _check_matrix(name: str, M: torch.Tensor) -> None:
 
 
 def right_singular_vectors(A: torch.Tensor, k: int | None = None) -> torch.Tensor:
-    """The top-``k`` right-singular vectors of ``A`` as columns, by decreasing singular value.
+    """The top-``k`` right-singular vectors of ``A`` as columns, by decreasing singular value (Chapter 9).
 
     Args:
         A: a LoRA factor ``(r, in)`` (any matrix works).
@@ -67,7 +67,7 @@ def right_singular_vectors(A: torch.Tensor, k: int | None = None) -> torch.Tenso
 
 
 def subspace_similarity(A1: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
-    """``φ(A1, A2, i, j)`` for every ``i ≤ r₁``, ``j ≤ r₂`` (the LoRA paper's Eq. 4).
+    """``φ(A1, A2, i, j)`` for every ``i ≤ r₁``, ``j ≤ r₂`` (the LoRA paper's Eq. 4) (Chapter 9).
 
     Args:
         A1: ``(r₁, in)``; A2: ``(r₂, in)`` (the same ``in``).
@@ -97,7 +97,7 @@ def subspace_similarity(A1: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
 
 
 def random_similarity(i: int, j: int, d: int) -> float:
-    """Expected ``φ`` of a random ``i``-dim and a random ``j``-dim subspace of ``R^d``: ``max(i, j) / d``.
+    """Expected ``φ`` of a random ``i``-dim and a random ``j``-dim subspace of ``R^d``: ``max(i, j) / d`` (Chapter 9).
 
     (``E‖U_iᵀ U_j‖²_F = i·j/d``, divided by ``min(i, j)``.)
 
@@ -112,7 +112,7 @@ def random_similarity(i: int, j: int, d: int) -> float:
 
 @dataclass(frozen=True)
 class Amplification:
-    """The numbers of the LoRA paper's Table 7 for one weight matrix.
+    """The numbers of the LoRA paper's Table 7 for one weight matrix (Chapter 9).
 
     Attributes:
         r: number of directions used.
@@ -154,7 +154,7 @@ def amplification(
     generator: torch.Generator | None = None,
     n_random: int = 20,
 ) -> Amplification:
-    """Compare ``W`` projected on ``ΔW``'s top-``r`` directions, on its own, and on random ones.
+    """Compare ``W`` projected on ``ΔW``'s top-``r`` directions, on its own, and on random ones (Chapter 9).
 
     Args:
         delta_W: the update ``(out, in)``, e.g. ``LoRALinear.delta_weight()``.

@@ -65,10 +65,10 @@ sys.modules["google.colab"] = _colab
 
 
 class _HideDebianData(importlib.abc.MetaPathFinder):
-    """Colab has no /usr/share/datasets: empty lorakit.data's system folders once it is imported."""
+    """Colab has no /usr/share/datasets: empty lorakit.book.data's system folders once it is imported."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "lorakit.data":
+        if name != "lorakit.book.data":
             return None
         sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
@@ -80,7 +80,7 @@ class _HideDebianData(importlib.abc.MetaPathFinder):
         def exec_module(module):
             run_module(module)
             if not hasattr(module, "SYSTEM_DIRS"):
-                raise RuntimeError("test_colab: lorakit.data.SYSTEM_DIRS is gone; update the Colab test")
+                raise RuntimeError("test_colab: lorakit.book.data.SYSTEM_DIRS is gone; update the Colab test")
             module.SYSTEM_DIRS[:] = []
 
         spec.loader.exec_module = exec_module
@@ -299,7 +299,7 @@ def test_r_cells_skip_with_one_clear_line(colab: dict[str, Any], path: Path) -> 
     result = colab["results"][path.name]
     if isinstance(result, str):
         pytest.skip("the notebook did not run (see the test above)")
-    message = subprocess.run([str(colab["python"]), "-c", "from lorakit.rlang import SKIP_MESSAGE as m; print(m)"],
+    message = subprocess.run([str(colab["python"]), "-c", "from lorakit.book.rlang import SKIP_MESSAGE as m; print(m)"],
                              capture_output=True, text=True, check=True).stdout.strip()
     for cell in result.cells:
         if cell.cell_type == "code" and cell.source.lstrip().startswith("%%R"):

@@ -1,4 +1,4 @@
-"""Tests for lorakit.data: the FashionMNIST loader."""
+"""Tests for lorakit.book.data: the FashionMNIST loader."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorakit import data
-from lorakit.data import FASHION_MNIST_CLASSES, FILES, load_fashion_mnist
+from lorakit.book import data
+from lorakit.book.data import FASHION_MNIST_CLASSES, FILES, load_fashion_mnist
 
 
 _SYSTEM_DIRS = list(data.SYSTEM_DIRS)  # captured before any test patches them

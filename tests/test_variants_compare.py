@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lorakit.lowrank import quickstart_mlp
+from lorakit.book.lowrank import quickstart_mlp
 from lorakit.variants.compare import METHODS, WHERE_IT_APPLIES, effective_weight, prepare_variant, run_variant
 
 

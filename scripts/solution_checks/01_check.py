@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lorakit as lk
-from lorakit import toy
+from lorakit.book import toy
 
 T0 = time.time()
 g = lk.seed_everything(0)

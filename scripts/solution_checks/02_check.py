@@ -11,8 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import lorakit as lk
-from lorakit import lowrank
-from lorakit.data import load_fashion_mnist
+from lorakit.book import lowrank
+from lorakit.book.data import load_fashion_mnist
+from lorakit.book.scaffold import finetune
 
 T0 = time.time()
 g = lk.seed_everything(0)
@@ -45,13 +46,11 @@ def train(kind, r, *, modify=lambda m: m, optimizer="sgd", epochs=3, X=X20, y=y2
     lk.seed_everything(0, threads=None)
     model = modify(lowrank.build_model(kind, r))
     if optimizer == "sgd":
-        return lowrank.train_comparison_model(model, X, y, X_test, y_test, epochs=epochs, progress=False)
-    # a copy of lowrank.train_comparison_model with Adam instead of SGD
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    history = lk.fit(model, X, y, loss_fn=F.cross_entropy, optimizer=opt, epochs=epochs, batch_size=64,
-                     sampling="sequential", evaluate=lambda m: {"accuracy": lowrank.accuracy(m, X_test, y_test)},
-                     progress=False)
-    return history.metric("accuracy")
+        return lowrank.train_comparison_model(model, X, y, X_test, y_test, epochs=epochs, progress=False).history.metric("accuracy")
+    # lowrank.train_comparison_model's recipe with Adam instead of SGD
+    res = finetune(model, X, y, X_test, y_test, epochs=epochs, lr=1e-3, optimizer="adam", batch_size=64,
+                   sampling="sequential", eval_every=1, progress=False)
+    return res.history.metric("accuracy")
 
 
 pct = lambda accs: " ".join(f"{100 * a:.4g}%" for a in accs)

@@ -11,8 +11,10 @@ import time
 import torch
 
 import lorakit as lk
-from lorakit import transfer
-from lorakit.data import load_fashion_mnist
+from lorakit.book import transfer
+from lorakit.book.data import load_fashion_mnist
+from lorakit.book.scaffold import finetune, rotate
+from lorakit.train import accuracy
 
 T0 = time.time()
 g = lk.seed_everything(0)
@@ -24,9 +26,9 @@ EPOCHS = 5
 def run(method, r=None, lr=3e-3, targets=transfer.LORA_TARGETS, data=(X, y), epochs=EPOCHS):
     torch.manual_seed(0)
     model = transfer.prepare_finetuning(copy.deepcopy(base), method, r, targets=targets)
-    history, stats = transfer.finetune(model, *data, X_test, y_test, epochs=epochs, lr=lr,
-                                       generator=torch.Generator().manual_seed(0), progress=False)
-    return model, history.metric("accuracy"), stats["trainable"]
+    res = finetune(model, *data, X_test, y_test, epochs=epochs, lr=lr, eval_every=1,
+                   generator=torch.Generator().manual_seed(0), progress=False)
+    return model, res.history.metric("accuracy"), res.trainable
 
 
 pct = lambda accs: " ".join(f"{100 * a:.4g}%" for a in accs)
@@ -59,16 +61,16 @@ print("  5,000 images (chapter, deterministic: no random init): last_layer 63.59
 
 print("== Exercise 5: the rot90 adapter (trained above) on images rotated by 270 degrees")
 X_up, y_up = load_fashion_mnist("test")
-X270 = transfer.rotate(X_up, 3)
+X270 = rotate(X_up, 3)
 mirror90 = X_test.reshape(-1, 28, 28).flip(2).reshape(-1, 784)  # 90-degree images mirrored left-right
-print(f"  rot90 adapter: 90 deg {100 * transfer.accuracy(rot90_model, X_test, y_test):.4g}%, "
-      f"270 deg {100 * transfer.accuracy(rot90_model, X270, y_up):.4g}%, "
-      f"90 deg mirrored {100 * transfer.accuracy(rot90_model, mirror90, y_up):.4g}%")
-print(f"  frozen base:   270 deg {100 * transfer.accuracy(base, X270, y_up):.4g}%")
+print(f"  rot90 adapter: 90 deg {100 * accuracy(rot90_model, X_test, y_test):.4g}%, "
+      f"270 deg {100 * accuracy(rot90_model, X270, y_up):.4g}%, "
+      f"90 deg mirrored {100 * accuracy(rot90_model, mirror90, y_up):.4g}%")
+print(f"  frozen base:   270 deg {100 * accuracy(base, X270, y_up):.4g}%")
 up = X_up.reshape(-1, 28, 28)
 sym_img = ((up + up.flip(2)) / 2).reshape(-1, 784)  # symmetrised images
 print(f"  identity check on symmetrised images: rotate(x, 3) == mirror(rotate(x, 1)): "
-      f"{torch.equal(transfer.rotate(sym_img, 3), transfer.rotate(sym_img, 1).reshape(-1, 28, 28).flip(2).reshape(-1, 784))}")
+      f"{torch.equal(rotate(sym_img, 3), rotate(sym_img, 1).reshape(-1, 28, 28).flip(2).reshape(-1, 784))}")
 with torch.no_grad():
     pred = rot90_model(X270).argmax(1)
 per_class = [(pred[y_up == c] == c).float().mean().item() for c in range(10)]

@@ -7,7 +7,7 @@ import time
 import torch
 
 import lorakit as lk
-from lorakit import expressive as ex
+from lorakit.book import expressive as ex
 
 T0 = time.time()
 quiet = dict(progress=False, log=lambda *a: None)

@@ -8,9 +8,9 @@ import time
 import torch
 
 import lorakit as lk
-from lorakit import expressive as ex
-from lorakit.expressive import experiment as ex_experiment
-from lorakit.expressive import models as ex_models
+from lorakit.book import expressive as ex
+from lorakit.book.expressive import experiment as ex_experiment
+from lorakit.book.expressive import models as ex_models
 
 t_start = time.time()
 g = lk.seed_everything(0)

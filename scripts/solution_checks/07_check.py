@@ -14,16 +14,18 @@ from torch.nn import functional as F
 
 import lorakit as lk
 from lorakit import peft_methods as pm
-from lorakit import tinyformer as tf
+from lorakit.book import measure
+from lorakit.book import tinyformer as tf
+from lorakit.book.scaffold import finetune
+from lorakit.train import accuracy
 
 t_start = time.time()
 lk.seed_everything(0)
 base = tf.load_pretrained()
-X_train, y_train = tf.load_task("downstream", "train", 2000, seed=0)
-X_test, y_test = tf.load_task("downstream", "test", 2000, seed=0)
+X_train, y_train, X_test, y_test = tf.downstream_task()  # 2,000 + 2,000 rotated images, seed 0
 x1 = X_test[:1]
 total = lk.count_parameters(base).total
-base_flops = pm.forward_flops(base, x1)
+base_flops = measure.forward_flops(base, x1)
 
 
 def fresh(seed: int = 0) -> tf.TinyViT:
@@ -36,13 +38,13 @@ def run(setup, lr):
     lk.seed_everything(0)
     model = fresh()
     setup(model)
-    res = tf.finetune(model, X_train, y_train, X_test, y_test, lr=lr, epochs=3, batch_size=64,
+    res = finetune(model, X_train, y_train, X_test, y_test, lr=lr, epochs=3, batch_size=64,
                       generator=torch.Generator().manual_seed(0), progress=False)
     return model, res
 
 
 def report(name, model, res):
-    flops = pm.forward_flops(model, x1)
+    flops = measure.forward_flops(model, x1)
     print(f"{name:28s} trainable {res.trainable:7,d}  acc {res.accuracy:.4g}  "
           f"MFLOPs/image {flops / 1e6:.4g} ({100 * (flops / base_flops - 1):+.3g}%)")
 
@@ -79,7 +81,7 @@ sub_acc = {}
 for d in (30, 300, 3000):
     lk.seed_everything(0)
     sub = pm.SubspaceModel(fresh(), d, generator=torch.Generator().manual_seed(d))
-    res = tf.finetune(sub, X_train, y_train, X_test, y_test, lr=1e-1, epochs=3, batch_size=64,
+    res = finetune(sub, X_train, y_train, X_test, y_test, lr=1e-1, epochs=3, batch_size=64,
                       generator=torch.Generator().manual_seed(0), progress=False)
     sub_acc[d] = res.accuracy
     print(f"  all weights in subspace d={d:5d}: acc {res.accuracy:.4g} ({100 * res.accuracy / full_acc:.4g}% of full FT)")
@@ -99,7 +101,7 @@ for d in (30,):
     opt = torch.optim.AdamW([{"params": [sub.z], "lr": 1e-1}, {"params": head.parameters(), "lr": 3e-2}], weight_decay=0.0)
     lk.fit(net, X_train, y_train, loss_fn=F.cross_entropy, optimizer=opt, epochs=3, batch_size=64,
            generator=torch.Generator().manual_seed(0), progress=False)
-    acc = tf.accuracy(net, X_test, y_test)
+    acc = accuracy(net, X_test, y_test)
     print(f"  body in subspace d={d:5d}, head trained normally: acc {acc:.4g} ({100 * acc / full_acc:.4g}% of full FT)")
 
 print("\nExercise 5: latency, LoRA unmerged vs merged (timings: machine- and load-dependent)")
@@ -111,7 +113,7 @@ for _, layer in lk.lora_layers(lora_qv):
 lora_qv_merged = copy.deepcopy(lora_qv)
 lk.merge_lora(lora_qv_merged)
 for bs, reps in ((1, 200), (256, 10)):
-    t = pm.compare_latency({"unmerged": lora_qv, "merged": lora_qv_merged}, X_test[:bs], repeats=reps)
+    t = measure.compare_latency({"unmerged": lora_qv, "merged": lora_qv_merged}, X_test[:bs], repeats=reps)
     print(f"  batch {bs:3d}: unmerged {1e3 * t['unmerged']:.3g} ms, merged {1e3 * t['merged']:.3g} ms, "
           f"ratio {t['unmerged'] / t['merged']:.3g}")
 n_lin = sum(type(m) is nn.Linear for m in base.modules())

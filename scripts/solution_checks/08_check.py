@@ -14,13 +14,13 @@ import torch
 
 import lorakit as lk
 from lorakit import peft_methods as pm
-from lorakit import tinyformer as tf
+from lorakit.book import tinyformer as tf
+from lorakit.book.scaffold import finetune
 
 t_start = time.time()
 lk.seed_everything(0)
 base = tf.load_pretrained()
-X_train, y_train = tf.load_task("downstream", "train", 2000, seed=0)
-X_test, y_test = tf.load_task("downstream", "test", 2000, seed=0)
+X_train, y_train, X_test, y_test = tf.downstream_task()  # 2,000 + 2,000 rotated images, seed 0
 NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "1": "fc1", "2": "fc2"}
 
 
@@ -32,7 +32,7 @@ def run_lora(types: str, r: int, seed: int = 0, rslora: bool = False):
     lk.inject_lora(model, [NAMES[t] for t in types], r=r, alpha=8, rslora=rslora)
     n_lora = lk.count_parameters(model).trainable
     pm.unfreeze(model, "head")
-    res = tf.finetune(model, X_train, y_train, X_test, y_test, lr=1e-2, epochs=2, batch_size=64,
+    res = finetune(model, X_train, y_train, X_test, y_test, lr=1e-2, epochs=2, batch_size=64,
                       generator=torch.Generator().manual_seed(seed), progress=False)
     return n_lora, 100 * res.accuracy, res.history.train_loss
 

@@ -13,13 +13,13 @@ import torch
 import lorakit as lk
 from lorakit import peft_methods as pm
 from lorakit import subspace as ss
-from lorakit import tinyformer as tf
+from lorakit.book import tinyformer as tf
+from lorakit.book.scaffold import finetune
 
 t_start = time.time()
 lk.seed_everything(0)
 base = tf.load_pretrained()
-X_train, y_train = tf.load_task("downstream", "train", 2000, seed=0)
-X_test, y_test = tf.load_task("downstream", "test", 2000, seed=0)
+X_train, y_train, X_test, y_test = tf.downstream_task()  # 2,000 + 2,000 rotated images, seed 0
 
 
 def adapt(r: int, seed: int, epochs: int = 3, init_A: str = "kaiming") -> tf.TinyViT:
@@ -28,7 +28,7 @@ def adapt(r: int, seed: int, epochs: int = 3, init_A: str = "kaiming") -> tf.Tin
     tf.reset_head(model, 5, generator=torch.Generator().manual_seed(seed))
     lk.inject_lora(model, ["q_proj", "v_proj"], r=r, alpha=8, init_A=init_A)
     pm.unfreeze(model, "head")
-    res = tf.finetune(model, X_train, y_train, X_test, y_test, lr=1e-2, epochs=epochs, batch_size=64,
+    res = finetune(model, X_train, y_train, X_test, y_test, lr=1e-2, epochs=epochs, batch_size=64,
                       generator=torch.Generator().manual_seed(seed), progress=False)
     print(f"  [trained r={r} seed={seed} epochs={epochs} init_A={init_A}: acc {res.accuracy:.4g}]")
     return model

@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import lorakit as lk
-from lorakit import transfer
+from lorakit.book import transfer
+from lorakit.train import accuracy
 from lorakit.optim import ScaledAdamW, ScaledGD
 
 t_start = time.time()
@@ -222,7 +223,7 @@ def finetune(make, epochs, eval_every):
     model = lora_model()
     h = lk.fit(model, X_train, y_train, loss_fn=F.cross_entropy, optimizer=make(model), epochs=epochs,
                batch_size=BATCH, generator=torch.Generator().manual_seed(2), progress=False, eval_every=eval_every,
-               evaluate=lambda mo: {"acc": transfer.accuracy(mo, X_test, y_test)})
+               evaluate=lambda mo: {"acc": accuracy(mo, X_test, y_test)})
     return h
 
 

@@ -11,7 +11,8 @@ import time
 import torch
 
 import lorakit as lk
-from lorakit import transfer
+from lorakit.book import transfer
+from lorakit.train import accuracy
 from lorakit import variants as lv
 from lorakit.variants._common import update_rank
 from lorakit.variants.compare import effective_weight, run_variant
@@ -33,7 +34,7 @@ def custom(build, seed=0):
     lk.fit(model, X, y, loss_fn=torch.nn.functional.cross_entropy, optimizer=opt, epochs=EPOCHS, batch_size=64,
            generator=torch.Generator().manual_seed(seed), progress=False)
     ranks = {n: update_rank(effective_weight(model.get_submodule(n)) - before[n]) for n in ("0", "2")}
-    return transfer.accuracy(model, X_test, y_test), ranks
+    return accuracy(model, X_test, y_test), ranks
 
 
 # ---------------- Exercise 1: seeds 1 and 2 for the adapters (seed 0: the chapter's table) ----------------

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 import lorakit as lk
-from lorakit import transfer
+from lorakit.book import transfer
 from lorakit import variants as lv
 
 T0 = time.time()

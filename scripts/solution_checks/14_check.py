@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import lorakit as lk
-from lorakit import bench
+from lorakit.book import bench
 
 T0 = time.time()
 g = lk.seed_everything(0)

@@ -1,6 +1,6 @@
-"""How fast is a LoRA layer? A CPU benchmark of one linear layer's training step and inference.
+"""How fast is a LoRA layer? A CPU benchmark of one linear layer's training step and inference (Chapter 14).
 
-Run the full grid with ``make bench`` (or ``python -m lorakit.bench``); it prints a table
+Run the full grid with ``make bench`` (or ``python -m lorakit.book.bench``); it prints a table
 and writes a JSON report (default ``bench-results/bench.json``).
 
 For every ``d`` (a square ``d × d`` layer), number of tokens ``T`` and rank ``r`` it
@@ -41,7 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layer import LoRALinear
+from ..io import atomic_write
+from ..layer import LoRALinear
 
 __all__ = ["ideal_ratio", "CaseTiming", "BenchResult", "bench_one", "run_grid", "format_table", "main"]
 
@@ -49,7 +50,7 @@ CASES = ("linear_fwd", "full_step", "lorakit_step", "peft_step", "naive_step", "
 
 
 def ideal_ratio(d: int, r: int) -> float:
-    """FLOP ratio of a LoRA step to a full step for a ``d × d`` layer: ``2/3 + 2r/d``.
+    """FLOP ratio of a LoRA step to a full step for a ``d × d`` layer: ``2/3 + 2r/d`` (Chapter 14).
 
     Example:
         >>> round(ideal_ratio(1024, 8), 4)
@@ -62,7 +63,7 @@ def ideal_ratio(d: int, r: int) -> float:
 
 @dataclass
 class CaseTiming:
-    """Timings of one case: ``median`` and interquartile range ``q1``–``q3``, in seconds.
+    """Timings of one case: ``median`` and interquartile range ``q1``–``q3``, in seconds (Chapter 14).
 
     Example:
         >>> t = CaseTiming(median=0.002, q1=0.0018, q3=0.0025, samples=[0.0018, 0.002, 0.0025])
@@ -78,7 +79,7 @@ class CaseTiming:
 
 @dataclass
 class BenchResult:
-    """All cases for one ``(d, tokens, r)`` point, and the ratios the chapter discusses.
+    """All cases for one ``(d, tokens, r)`` point, and the ratios the chapter discusses (Chapter 14).
 
     Example:
         >>> res = BenchResult(d=256, tokens=512, r=8, timings={
@@ -200,7 +201,7 @@ def _make_cases(d: int, tokens: int, r: int, seed: int) -> dict[str, Callable[[]
 def bench_one(
     d: int, tokens: int, r: int, *, repeats: int = 9, warmup: int = 2, seed: int = 0, min_time: float = 0.02
 ) -> BenchResult:
-    """Time every case for one ``(d, tokens, r)``, interleaved; return a :class:`BenchResult`.
+    """Time every case for one ``(d, tokens, r)``, interleaved; return a :class:`BenchResult` (Chapter 14).
 
     Args:
         d: the layer is ``d × d`` (``1 <= r <= d``).
@@ -262,7 +263,7 @@ def run_grid(
     min_time: float = 0.02,
     progress: bool = True,
 ) -> list[BenchResult]:
-    """:func:`bench_one` over the grid ``ds × tokens × ranks``.
+    """:func:`bench_one` over the grid ``ds × tokens × ranks`` (Chapter 14).
 
     Returns one :class:`BenchResult` per point, ``d`` outermost, then ``tokens``, then ``r``.
     The default grid takes minutes; a tiny grid takes well under a second.
@@ -288,7 +289,7 @@ def _fmt(value: float | None) -> str:
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
-    """A text table: per point, the full step's time and each ratio.
+    """A text table: per point, the full step's time and each ratio (Chapter 14).
 
     Columns: ``ideal`` = 2/3 + 2r/d; ``lorakit``, ``peft``, ``naive`` = step time ÷
     full step; ``k/peft`` = lorakit ÷ peft; ``merged`` = merged ÷ plain forward.
@@ -339,7 +340,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m lorakit.bench [--d 256,1024,2048] [--tokens 512,4096] [--r 1,8,64]``.
+    """Command line: ``python -m lorakit.book.bench [--d 256,1024,2048] [--tokens 512,4096] [--r 1,8,64]`` (Chapter 14).
 
     Times the grid, prints :func:`format_table` and writes the JSON report to ``--out``;
     returns the exit status ``0``. Bad arguments exit with status 2 and a message.
@@ -355,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["--d", "256", "--tokens", "512", "--r", "8"])  # one point; writes the report  # doctest: +SKIP
         0
     """
-    parser = argparse.ArgumentParser(prog="python -m lorakit.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lorakit.book.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--d", type=_int_list, default=[256, 1024, 2048], help="layer widths (default 256,1024,2048)")
     parser.add_argument("--tokens", type=_int_list, default=[512, 4096], help="tokens per step (default 512,4096)")
     parser.add_argument("--r", type=_int_list, default=[1, 8, 64], help="LoRA ranks (default 1,8,64)")
@@ -374,9 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_grid(args.d, args.tokens, args.r, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time)
     print(format_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".partial")
-    partial.write_text(json.dumps(report(results), indent=2) + "\n")
-    partial.replace(args.out)  # never a half-written report
+    text = json.dumps(report(results), indent=2) + "\n"
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))  # never a half-written report
     print(f"report written to {args.out}")
     return 0
 

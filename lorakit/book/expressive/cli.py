@@ -1,12 +1,12 @@
-"""``python -m lorakit.expressive``: the paper's ``run_exp.py`` command line, plus the full grid.
+"""``python -m lorakit.book.expressive``: the paper's ``run_exp.py`` command line, plus the full grid (Chapters 4–6).
 
 Single run (the paper's flags; ``--wandb`` is accepted and ignored)::
 
-    python -m lorakit.expressive --exp fnn --width 8 --target_depth 1 --frozen_depth 2 --rank 4 --method ours
+    python -m lorakit.book.expressive --exp fnn --width 8 --target_depth 1 --frozen_depth 2 --rank 4 --method ours
 
 The paper's grid, resumable (one JSON line per finished run; rerun the same command to continue)::
 
-    python -m lorakit.expressive --grid linear --results results/expressive_linear.jsonl
+    python -m lorakit.book.expressive --grid linear --results results/expressive_linear.jsonl
 
 An invalid configuration prints why and exits with status 2.
 """
@@ -23,14 +23,14 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: every field of :class:`~lorakit.expressive.experiment.Config` as ``--name``.
+    """The argument parser: every field of :class:`~lorakit.book.expressive.experiment.Config` as ``--name`` (Chapter 4).
 
     Example:
         >>> build_parser().parse_args(["--rank", "4", "--taget_depth", "2"]).target_depth
         2
     """
     parser = argparse.ArgumentParser(
-        prog="python -m lorakit.expressive",
+        prog="python -m lorakit.book.expressive",
         description="Reproduce one run of Zeng & Lee (2024), 'The Expressive Power of Low-Rank Adaptation'.",
     )
     types = {"int": int, "float": float, "str": str}
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv``, run, print the report; return the exit status (0 ok, 2 invalid configuration).
+    """Parse ``argv``, run, print the report; return the exit status (0 ok, 2 invalid configuration) (Chapter 5).
 
     Example:
         >>> main(["--rank", "0"])

@@ -25,7 +25,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LinearTask:
-    """Inputs ``X`` (``n × d_in``), targets ``y = X θ`` (``n × d_out``) and ``θ`` (``d_in × d_out``).
+    """Inputs ``X`` (``n × d_in``), targets ``y = X θ`` (``n × d_out``) and ``θ`` (``d_in × d_out``) (Chapter 1).
 
     Example:
         >>> X, theta = torch.ones(4, 2), torch.tensor([[1.0], [2.0]])
@@ -48,7 +48,7 @@ def make_linear_task(
     theta: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> LinearTask:
-    """Draw ``X ~ N(0, 1)`` (and ``θ ~ N(0, 1)`` unless given) and set ``y = X θ``.
+    """Draw ``X ~ N(0, 1)`` (and ``θ ~ N(0, 1)`` unless given) and set ``y = X θ`` (Chapter 1).
 
     A given ``θ`` sets the dtype; otherwise ``dtype`` does.
 
@@ -68,7 +68,7 @@ def make_linear_task(
 
 
 def shifted_task(task: LinearTask, shift: float | torch.Tensor = 1.0, *, generator: torch.Generator) -> LinearTask:
-    """A new task with ``θ₂ = θ + shift`` and fresh inputs of the same size.
+    """A new task with ``θ₂ = θ + shift`` and fresh inputs of the same size (Chapter 1).
 
     ``shift`` is a number (every weight moves by it: a rank-1 change) or a
     ``(d_in, d_out)`` tensor such as :func:`low_rank_shift`.
@@ -85,7 +85,7 @@ def shifted_task(task: LinearTask, shift: float | torch.Tensor = 1.0, *, generat
 
 
 def low_rank_shift(d_in: int, d_out: int, rank: int, *, generator: torch.Generator) -> torch.Tensor:
-    """A ``(d_in, d_out)`` matrix of exactly rank ``rank`` with singular values ``rank, rank-1, …, 1``.
+    """A ``(d_in, d_out)`` matrix of exactly rank ``rank`` with singular values ``rank, rank-1, …, 1`` (Chapter 1).
 
     Example:
         >>> delta = low_rank_shift(5, 4, 2, generator=torch.Generator().manual_seed(0))
@@ -103,7 +103,7 @@ def low_rank_shift(d_in: int, d_out: int, rank: int, *, generator: torch.Generat
 
 
 def fit_full_batch(model: torch.nn.Module, task: LinearTask, *, steps: int, lr: float) -> list[float]:
-    """Full-batch Adam on the MSE of the parameters that require grad.
+    """Full-batch Adam on the MSE of the parameters that require grad (Chapter 1).
 
     Returns ``steps + 1`` losses: before each step and after the last one.
 
@@ -138,7 +138,7 @@ BLOG_MERGED_MSE = 0.00130013
 
 
 def full_data_mse(model: torch.nn.Module, task: LinearTask) -> float:
-    """Mean squared error of ``model`` over the whole task (no gradients).
+    """Mean squared error of ``model`` over the whole task (no gradients) (Chapter 1).
 
     Example:
         >>> task = make_linear_task(10, 3, 2, generator=torch.Generator().manual_seed(0))
@@ -154,7 +154,7 @@ def full_data_mse(model: torch.nn.Module, task: LinearTask) -> float:
 def train_blog_protocol(
     model: torch.nn.Module, task: LinearTask, *, generator: torch.Generator, desc: str, epochs: int = 100
 ) -> list[float]:
-    """The blog's ``train()``: Adam (lr 1e-3), epochs of 78 random batches of 128, MSE.
+    """The blog's ``train()``: Adam (lr 1e-3), epochs of 78 random batches of 128, MSE (Chapter 1).
 
     The blog runs 100 epochs (the default).
 
@@ -170,7 +170,7 @@ def train_blog_protocol(
         >>> len(mse), mse[-1] < mse[0]
         (10, True)
     """
-    from .train import fit
+    from ..train import fit
 
     params = [p for p in model.parameters() if p.requires_grad]
     history = fit(
@@ -182,11 +182,11 @@ def train_blog_protocol(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m lorakit.toy``: the blog's experiment at full scale (about 3 minutes on 2 cores)."""
+    """``python -m lorakit.book.toy``: the blog's experiment at full scale (about 3 minutes on 2 cores)."""
     import argparse
 
-    from .inject import inject_lora, merge_lora
-    from .repro import seed_everything
+    from ..inject import inject_lora, merge_lora
+    from ..repro import seed_everything
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--seed", type=int, default=0)

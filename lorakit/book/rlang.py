@@ -1,4 +1,4 @@
-"""R inside the notebooks, through rpy2, with a clean skip where R is missing.
+"""R inside the notebooks, through rpy2, with a clean skip where R is missing (Chapter 1).
 
 :func:`load_r_magic` loads rpy2's ``%%R`` cell magic when R and rpy2 work. When
 they do not (a laptop without R, or Colab), it registers a stand-in ``%%R`` magic
@@ -16,10 +16,10 @@ SKIP_MESSAGE = "R cell skipped: R and rpy2 are not available here (install r-bas
 
 
 def r_available() -> bool:
-    """True when rpy2 imports and can start an embedded R.
+    """True when rpy2 imports and can start an embedded R (Chapter 1).
 
     Example:
-        >>> isinstance(r_available(), bool)  # True with R and rpy2 installed, False without
+        >>> r_available()  # with R and rpy2 installed; False without  # doctest: +SKIP
         True
     """
     try:
@@ -32,7 +32,7 @@ def r_available() -> bool:
 
 
 def load_r_magic(ipython: Any) -> bool:
-    """Enable ``%%R`` cells in ``ipython``; return whether real R runs them.
+    """Enable ``%%R`` cells in ``ipython``; return whether real R runs them (Chapter 1).
 
     R warns once, deferred, that the user library is empty; that warning is
     silenced while the extension loads so it does not land in the first R cell.

@@ -15,7 +15,7 @@ names them the other way round (its ``A`` is ``out × r``, its ``B`` is ``r × i
 
 The full-length run of the source (100 epochs, all ranks) is a command, not run in CI::
 
-    python -m lorakit.lowrank --epochs 100 --results lowrank_full.json
+    python -m lorakit.book.lowrank --epochs 100 --results lowrank_full.json
 
 It shows progress bars and writes the results file after each finished model, so an
 interrupted run resumes where it stopped.
@@ -27,8 +27,6 @@ import argparse
 import json
 import math
 import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -36,6 +34,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
+
+from ..io import atomic_write
+from .scaffold import FinetuneResult, finetune
 
 __all__ = [
     "LAYER_SIZES",
@@ -46,17 +47,16 @@ __all__ = [
     "expected_parameters",
     "product_variance",
     "theoretical_product_variance",
-    "accuracy",
     "train_comparison_model",
     "run_comparison",
 ]
 
 Kind = Literal["mlp", "lowrank", "ae"]
 
-#: The (in, out) sizes of the quickstart MLP's three linear layers.
+#: The (in, out) sizes of the quickstart MLP's three linear layers (Chapter 2).
 LAYER_SIZES: tuple[tuple[int, int], ...] = ((784, 512), (512, 512), (512, 10))
 
-#: The ranks of the source's sweep (``src/run.sh``).
+#: The ranks of the source's sweep (``src/run.sh``) (Chapter 2).
 SOURCE_RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -68,7 +68,7 @@ def _check_rank(r: int) -> None:
 
 
 class LowRankLinear(nn.Module):
-    """A linear layer whose weight is a product of two thin factors: ``y = x (B A)ᵀ + b``.
+    """A linear layer whose weight is a product of two thin factors: ``y = x (B A)ᵀ + b`` (Chapter 2).
 
     Unlike :class:`lorakit.LoRALinear` there is no frozen ``W``: the low-rank product
     *is* the weight. The forward pass applies ``A`` first and ``B`` second, which costs
@@ -140,7 +140,7 @@ def _layer(kind: Kind, in_features: int, out_features: int, r: int | None) -> nn
 
 
 def build_model(kind: Kind, r: int | None = None) -> nn.Sequential:
-    """The quickstart MLP with each linear layer of the given ``kind`` (see the module docstring).
+    """The quickstart MLP with each linear layer of the given ``kind`` (see the module docstring) (Chapter 2).
 
     Args:
         kind: ``"mlp"``, ``"lowrank"`` or ``"ae"``.
@@ -169,7 +169,7 @@ def build_model(kind: Kind, r: int | None = None) -> nn.Sequential:
 
 
 def quickstart_mlp() -> nn.Sequential:
-    """The PyTorch quickstart network: ``Linear(784,512)–ReLU–Linear(512,512)–ReLU–Linear(512,10)``.
+    """The PyTorch quickstart network: ``Linear(784,512)–ReLU–Linear(512,512)–ReLU–Linear(512,10)`` (Chapter 2).
 
     Example:
         >>> sum(p.numel() for p in quickstart_mlp().parameters())
@@ -179,7 +179,7 @@ def quickstart_mlp() -> nn.Sequential:
 
 
 def expected_parameters(kind: Kind, r: int | None = None) -> int:
-    """The parameter count by formula: ``Σ (in·out + out)`` or ``Σ (r·(in+out) + out)``.
+    """The parameter count by formula: ``Σ (in·out + out)`` or ``Σ (r·(in+out) + out)`` (Chapter 2).
 
     Example:
         >>> expected_parameters("mlp"), expected_parameters("lowrank", 1)
@@ -208,7 +208,7 @@ def _effective_weight(kind: Kind, in_features: int, out_features: int, r: int | 
 def product_variance(
     kind: Kind, r: int | None = None, in_features: int = 784, out_features: int = 512, draws: int = 1
 ) -> float:
-    """The measured variance of the entries of a freshly initialised layer's effective weight.
+    """The measured variance of the entries of a freshly initialised layer's effective weight (Chapter 2).
 
     The effective weight is ``W`` (``"mlp"``), ``B A`` (``"lowrank"``) or the product of
     the two ``nn.Linear`` weights (``"ae"``); it is drawn ``draws`` times from torch's
@@ -226,7 +226,7 @@ def product_variance(
 
 
 def theoretical_product_variance(kind: Kind, r: int | None = None, in_features: int = 784) -> float:
-    """The entry variance of the effective weight at init, by formula.
+    """The entry variance of the effective weight at init, by formula (Chapter 2).
 
     * ``"mlp"``: ``W ~ U(±1/√in)``, variance ``1/(3·in)``;
     * ``"lowrank"``: a sum of ``r`` products of two ``U(±1/√r)`` entries, ``r·(1/(3r))² = 1/(9r)``;
@@ -248,77 +248,35 @@ def theoretical_product_variance(kind: Kind, r: int | None = None, in_features: 
     raise ValueError(f"kind={kind!r} is unknown: use 'mlp', 'lowrank' or 'ae'")
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    """The fraction of ``X``'s rows whose arg-max logit equals ``y`` (model in eval mode).
-
-    Args:
-        model: maps ``(n, d)`` to ``(n, classes)`` logits.
-        X: ``(N, d)`` inputs; y: ``(N,)`` int labels.
-        batch_size: rows per forward pass (only memory depends on it).
-
-    Example:
-        >>> model = nn.Linear(2, 2)
-        >>> with torch.no_grad():
-        ...     _ = model.weight.copy_(torch.eye(2)); _ = model.bias.zero_()
-        >>> accuracy(model, torch.tensor([[1., 0.], [0., 1.], [1., 0.]]), torch.tensor([0, 1, 1]))
-        0.6666666666666666
-    """
-    if len(X) != len(y) or len(X) == 0:
-        raise ValueError(f"X has {len(X)} rows and y has {len(y)}; they must match and be non-empty")
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(X), batch_size):
-        logits = model(X[start : start + batch_size])
-        correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(X)
-
-
 def train_comparison_model(
-    model: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    X_test: torch.Tensor,
-    y_test: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    progress: bool = True,
-    desc: str = "training",
-) -> list[float]:
-    """Train as the source does and return the test accuracy after each epoch.
+    model: nn.Module, *data: torch.Tensor, epochs: int, lr: float = 1e-3, **options: object
+) -> FinetuneResult:
+    """Train as the source does, scoring the test accuracy after each epoch (Chapter 2).
 
     The source's recipe: cross-entropy, ``torch.optim.SGD(lr=1e-3)`` without momentum
     or weight decay, batches of 64 in a fixed order (its ``DataLoader`` does not
-    shuffle), the test accuracy evaluated after every epoch.
+    shuffle), the test accuracy evaluated after every epoch. It is the book's one fine-tuning
+    helper, :func:`lorakit.book.scaffold.finetune`, with those settings.
+
+    Args:
+        model: the model to train (all its parameters).
+        data: ``X, y, X_test, y_test`` (a :class:`~lorakit.book.scaffold.Task` unpacked).
+        epochs, lr: passes over ``X`` and SGD's learning rate.
+        options: more :func:`~lorakit.book.scaffold.finetune` arguments (``batch_size``, ``progress``, ``desc``).
+
+    Returns:
+        A :class:`~lorakit.book.scaffold.FinetuneResult`; ``.history.metric("accuracy")`` is the
+        test accuracy after each epoch.
 
     Example:
         >>> _ = torch.manual_seed(0)
         >>> X, y = torch.rand(128, 784), torch.randint(0, 10, (128,))
-        >>> accs = train_comparison_model(build_model("lowrank", 2), X, y, X, y, epochs=2, progress=False)
-        >>> len(accs)
-        2
+        >>> res = train_comparison_model(build_model("lowrank", 2), X, y, X, y, epochs=2, progress=False)
+        >>> len(res.history.metric("accuracy")), res.trainable
+        (2, 6718)
     """
-    from .train import fit
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    history = fit(
-        model,
-        X,
-        y,
-        loss_fn=F.cross_entropy,
-        optimizer=optimizer,
-        epochs=epochs,
-        batch_size=batch_size,
-        sampling="sequential",
-        evaluate=lambda m: {"accuracy": accuracy(m, X_test, y_test)},
-        progress=progress,
-        desc=desc,
-    )
-    return history.metric("accuracy")
+    options = {"batch_size": 64, **options}
+    return finetune(model, *data, epochs=epochs, lr=lr, optimizer="sgd", sampling="sequential", eval_every=1, **options)
 
 
 def _run_name(kind: str, r: int | None) -> str:
@@ -327,14 +285,8 @@ def _run_name(kind: str, r: int | None) -> str:
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    text = json.dumps(payload, indent=1, sort_keys=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def run_comparison(
@@ -347,7 +299,7 @@ def run_comparison(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Train each ``(kind, r)`` of ``runs`` with the source's recipe; return their results.
+    """Train each ``(kind, r)`` of ``runs`` with the source's recipe; return their results (Chapter 2).
 
     Every run re-seeds torch with ``seed`` before building its model, so a run's
     numbers do not depend on which runs came before it. With ``results`` set, the
@@ -364,7 +316,8 @@ def run_comparison(
         progress: progress bars.
 
     Returns:
-        ``{name: {"kind", "r", "parameters", "accuracy": [per epoch], "seconds", ...}}``
+        ``{name: {"kind", "r", "parameters", "accuracy": [per epoch], "step_seconds", "device"}}``
+        (``step_seconds``: wall-clock seconds per optimisation step, the scaffold's one timing convention)
         with names like ``"mlp"`` and ``"lowrank_r4"``.
 
     Example:
@@ -373,7 +326,7 @@ def run_comparison(
         (6718, 1)
     """
     from .data import load_fashion_mnist
-    from .repro import seed_everything
+    from ..repro import seed_everything
 
     if epochs < 1:
         raise ValueError(f"epochs={epochs} must be >= 1")
@@ -398,14 +351,13 @@ def run_comparison(
             continue
         seed_everything(seed, threads=None)
         model = build_model(kind, r).to(device)
-        start = time.process_time()
-        accs = train_comparison_model(model, X, y, X_test, y_test, epochs=epochs, progress=progress, desc=name)
+        res = train_comparison_model(model, X, y, X_test, y_test, epochs=epochs, progress=progress, desc=name)
         done[name] = {
             "kind": kind,
             "r": r,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "accuracy": accs,
-            "cpu_seconds": time.process_time() - start,
+            "accuracy": res.history.metric("accuracy"),
+            "step_seconds": res.step_seconds,
             "device": device,
         }
         if path is not None:
@@ -415,7 +367,7 @@ def run_comparison(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     """Command line: the source's full-length comparison (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m lorakit.lowrank", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lorakit.book.lowrank", description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=100, help="epochs per model (source: 100)")
     parser.add_argument("--ranks", type=int, nargs="+", default=list(SOURCE_RANKS), help="ranks (source: 1..128)")
     parser.add_argument("--kinds", nargs="+", default=["mlp", "lowrank", "ae"], choices=["mlp", "lowrank", "ae"])

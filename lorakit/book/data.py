@@ -1,4 +1,4 @@
-"""FashionMNIST without torchvision: find, verify and parse the four gzip IDX files.
+"""FashionMNIST without torchvision: find, verify and parse the four gzip IDX files (Chapters 2, 3 and 7–12).
 
 FashionMNIST (Xiao, Rasul and Vollgraf, 2017) is 70,000 grey 28×28 images of clothing in 10
 classes, 6,000 per class in the training split and 1,000 per class in the test split.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -42,6 +41,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from ..io import atomic_write
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -56,7 +57,7 @@ __all__ = [
 
 Split = Literal["train", "test"]
 
-#: The 10 class names, index = label.
+#: The 10 class names, index = label (Chapter 2).
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
     "Trouser",
@@ -70,13 +71,13 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "Ankle boot",
 )
 
-#: The (images, labels) file names of each split.
+#: The (images, labels) file names of each split (Chapter 2).
 FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
-#: SHA-256 of each file's decompressed bytes (the same for the upstream and Debian files).
+#: SHA-256 of each file's decompressed bytes (the same for the upstream and Debian files) (Chapter 2).
 SHA256_DECOMPRESSED: dict[str, str] = {
     "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
@@ -86,15 +87,15 @@ SHA256_DECOMPRESSED: dict[str, str] = {
 
 _EXPECTED_COUNT = {"train": 60000, "test": 10000}
 
-#: Upstream location of the files (Zalando Research); ``LORAKIT_DOWNLOAD_BASE`` overrides it.
+#: Upstream location of the files (Zalando Research); ``LORAKIT_DOWNLOAD_BASE`` overrides it (Chapter 2).
 DEFAULT_DOWNLOAD_BASE = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
-#: System-wide directories searched after ``$LORAKIT_DATA``.
+#: System-wide directories searched after ``$LORAKIT_DATA`` (Chapter 2).
 SYSTEM_DIRS: list[Path] = [Path("/usr/share/datasets/fashion-mnist")]
 
 
 def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/lorakit/fashion-mnist``, or ``~/.cache/lorakit/fashion-mnist``.
+    """``$XDG_CACHE_HOME/lorakit/fashion-mnist``, or ``~/.cache/lorakit/fashion-mnist`` (Chapter 2).
 
     Example:
         >>> user_cache_dir().parts[-2:]
@@ -105,7 +106,7 @@ def user_cache_dir() -> Path:
 
 
 def search_dirs() -> list[Path]:
-    """The directories searched for the files, in order (see the module docstring).
+    """The directories searched for the files, in order (see the module docstring) (Chapter 2).
 
     Example:
         >>> search_dirs()[-1] == user_cache_dir()
@@ -173,16 +174,12 @@ def _download(name: str, base: str, cache: Path) -> Path:
     _parse_idx(data, name, url)
     _check_sha256(data, name, url)
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cache / name)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return cache / name
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(raw)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data file should be readable like any other
+
+    return atomic_write(cache / name, write)
 
 
 def _missing_message(split: str, dirs: list[Path], reason: str) -> str:
@@ -222,7 +219,7 @@ def _load_arrays(images: Path, labels: Path, mtimes: tuple[float, float]) -> tup
 
 
 def load_fashion_mnist(split: Split, *, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load one FashionMNIST split as tensors ready for training.
+    """Load one FashionMNIST split as tensors ready for training (Chapter 2).
 
     Args:
         split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).

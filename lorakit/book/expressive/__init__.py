@@ -1,10 +1,10 @@
-"""The expressive power of LoRA (Part III): Zeng & Lee (2024), re-implemented.
+"""The expressive power of LoRA (Part III, Chapters 4–6): Zeng & Lee (2024), re-implemented.
 
-* :mod:`~lorakit.expressive.construct` — the linear construction (SVD, rank split, telescoping);
-* :mod:`~lorakit.expressive.models` — target/frozen FNN and transformer generators, pretraining;
-* :mod:`~lorakit.expressive.methods` — 'ours' for FNN and TFN, trained LoRA ('sgd'), final layers ('flt');
-* :mod:`~lorakit.expressive.experiment` — one run of the paper's ``run_exp.py``, the grid;
-* :mod:`~lorakit.expressive.cli` — ``python -m lorakit.expressive``.
+* :mod:`~lorakit.book.expressive.construct` — the linear construction (SVD, rank split, telescoping);
+* :mod:`~lorakit.book.expressive.models` — target/frozen FNN and transformer generators, pretraining;
+* :mod:`~lorakit.book.expressive.methods` — 'ours' for FNN and TFN, trained LoRA ('sgd'), final layers ('flt');
+* :mod:`~lorakit.book.expressive.experiment` — one run of the paper's ``run_exp.py``, the grid;
+* :mod:`~lorakit.book.expressive.cli` — ``python -m lorakit.book.expressive``.
 """
 
 from .construct import canonical_svd, chain_product, lowrank_update, rank_threshold, tail_errors

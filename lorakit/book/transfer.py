@@ -1,14 +1,14 @@
-"""The Part II fine-tuning task: a pretrained FashionMNIST MLP and a shifted downstream task.
+"""The Part II fine-tuning task (Chapter 3; reused by Chapters 10–12): a pretrained FashionMNIST MLP and a shifted downstream task.
 
-**Pretraining.** The quickstart MLP (784→512→512→10, :func:`lorakit.lowrank.quickstart_mlp`)
+**Pretraining.** The quickstart MLP (784→512→512→10, :func:`lorakit.book.lowrank.quickstart_mlp`)
 is trained on the first :data:`PRETRAIN_N` upright FashionMNIST training images with Adam
 (lr 1e-3, batch 128, :data:`PRETRAIN_EPOCHS` epochs, shuffled by a generator seeded with
 :data:`PRETRAIN_SEED`, one CPU thread). The weights are stored in
-``lorakit/assets/fashion_mlp_pretrained.safetensors`` (2.7 MB, package data, so an installed
+``lorakit/book/assets/fashion_mlp_pretrained.safetensors`` (2.7 MB, package data, so an installed
 wheel has it too). :func:`pretrained_mlp` loads that
 file when it is present and otherwise trains and saves it. The command::
 
-    python -m lorakit.transfer --check
+    python -m lorakit.book.transfer --check
 
 retrains from the seed and checks that the result equals the stored file bit for bit
 (same torch version and CPU kind); ``--write`` (re)writes the file.
@@ -33,19 +33,18 @@ import argparse
 import hashlib
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from ..inject import count_parameters, inject_lora
+from ..train import accuracy, fit
 from .data import load_fashion_mnist
-from .inject import count_parameters, inject_lora
-from .lowrank import accuracy, quickstart_mlp
-from .train import History, fit
+from .lowrank import quickstart_mlp
+from .scaffold import Task, load_or_pretrain, load_weights, rotate, save_weights
 
 __all__ = [
     "PRETRAIN_SEED",
@@ -54,53 +53,34 @@ __all__ = [
     "DOWNSTREAM_N_TRAIN",
     "LORA_TARGETS",
     "PRETRAINED_PATH",
-    "accuracy",
-    "rotate",
     "downstream_task",
     "pretrain",
     "pretrained_mlp",
     "save_pretrained",
     "prepare_finetuning",
-    "optimizer_state_bytes",
-    "finetune",
 ]
 
 Method = Literal["frozen", "last_layer", "full", "lora"]
 
-#: Seed of the pretraining run (init and shuffling).
+#: Seed of the pretraining run (init and shuffling) (Chapter 3).
 PRETRAIN_SEED = 0
-#: Pretraining uses the first this-many training images (upright).
+#: Pretraining uses the first this-many training images (upright) (Chapter 3).
 PRETRAIN_N = 50_000
-#: Passes over the pretraining images.
+#: Passes over the pretraining images (Chapter 3).
 PRETRAIN_EPOCHS = 3
-#: Rotated training images of the downstream task (taken from the last 10,000).
+#: Rotated training images of the downstream task (taken from the last 10,000) (Chapter 3).
 DOWNSTREAM_N_TRAIN = 5_000
 #: The layers LoRA adapts in Chapter 3, the two hidden layers (``0`` is 784→512, ``2`` is 512→512).
 LORA_TARGETS: tuple[str, ...] = ("0", "2")
-#: The pretrained weights, shipped inside the package (``lorakit/assets/``).
+#: The pretrained weights, shipped inside the package (``lorakit/book/assets/``) (Chapter 3).
 PRETRAINED_PATH = Path(__file__).with_name("assets") / "fashion_mlp_pretrained.safetensors"
 
+_FORMAT = "lorakit-fashion-mlp/1"
 _RECIPE = f"quickstart-mlp adam lr=1e-3 batch=128 epochs={PRETRAIN_EPOCHS} n={PRETRAIN_N} seed={PRETRAIN_SEED}"
 
 
-def rotate(X: torch.Tensor, quarter_turns: int = 1) -> torch.Tensor:
-    """Rotate flattened 28×28 images by ``quarter_turns`` × 90° (counter-clockwise).
-
-    Shapes:
-        ``(N, 784)`` → ``(N, 784)``.
-
-    Example:
-        >>> X = torch.arange(784.).reshape(1, 784)
-        >>> torch.equal(rotate(rotate(X), 3), X)
-        True
-    """
-    if X.ndim != 2 or X.shape[1] != 784:
-        raise ValueError(f"X has shape {tuple(X.shape)}; pass flattened 28x28 images of shape (N, 784)")
-    return X.reshape(-1, 28, 28).rot90(quarter_turns, dims=(1, 2)).reshape(-1, 784).contiguous()
-
-
-def downstream_task(n_train: int = DOWNSTREAM_N_TRAIN) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The shifted task: FashionMNIST rotated by 90° (see the module docstring).
+def downstream_task(n_train: int = DOWNSTREAM_N_TRAIN) -> Task:
+    """The shifted task: FashionMNIST rotated by 90° (see the module docstring) (Chapter 3).
 
     Args:
         n_train: training images, from the last 10,000 of the training split (1..10000).
@@ -120,11 +100,11 @@ def downstream_task(n_train: int = DOWNSTREAM_N_TRAIN) -> tuple[torch.Tensor, to
     X, y = load_fashion_mnist("train")
     X_test, y_test = load_fashion_mnist("test")
     X_train, y_train = X[PRETRAIN_N : PRETRAIN_N + n_train], y[PRETRAIN_N : PRETRAIN_N + n_train]
-    return rotate(X_train), y_train.clone(), rotate(X_test), y_test
+    return Task(rotate(X_train), y_train.clone(), rotate(X_test), y_test)
 
 
 def pretrain(seed: int = PRETRAIN_SEED, epochs: int = PRETRAIN_EPOCHS, progress: bool = True) -> nn.Sequential:
-    """Train the quickstart MLP on upright FashionMNIST (the recipe in the module docstring).
+    """Train the quickstart MLP on upright FashionMNIST (the recipe in the module docstring) (Chapter 3).
 
     Torch's global random state and thread count are restored afterwards, so calling
     this does not change what the caller's code draws next.
@@ -153,7 +133,9 @@ def pretrain(seed: int = PRETRAIN_SEED, epochs: int = PRETRAIN_EPOCHS, progress:
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike = PRETRAINED_PATH) -> Path:
-    """Write ``model``'s state dict to ``path`` (safetensors, atomically); return the path.
+    """Write ``model``'s state dict and the recipe to ``path`` (safetensors, atomically) (Chapter 3).
+
+    The file has :mod:`lorakit.book.scaffold`'s one metadata format (format ``lorakit-fashion-mlp/1``).
 
     Example:
         >>> import tempfile
@@ -161,25 +143,11 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike = PRETRAINED_PATH)
         >>> pretrained_mlp(path)[4].weight.shape
         torch.Size([10, 512])
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        # One metadata key only: safetensors stores metadata in a hash map, so with several keys
-        # their order in the file header (and the file's bytes) would change from run to run.
-        save_file(tensors, tmp, metadata={"recipe": f"{_RECIPE} torch={torch.__version__}"})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data file should be readable like any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_weights(model, path, format=_FORMAT, metadata={"recipe": f"{_RECIPE} torch={torch.__version__}"})
 
 
 def pretrained_mlp(path: str | os.PathLike | None = None, *, progress: bool = True) -> nn.Sequential:
-    """The pretrained quickstart MLP: loaded from ``path`` if present, else trained and saved there.
+    """The pretrained quickstart MLP: loaded from ``path`` if present, else trained and saved there (Chapter 3).
 
     Args:
         path: the safetensors file (default :data:`PRETRAINED_PATH`).
@@ -197,21 +165,11 @@ def pretrained_mlp(path: str | os.PathLike | None = None, *, progress: bool = Tr
         [(512, 784), (512,)]
     """
     path = Path(path) if path is not None else PRETRAINED_PATH
-    if not path.is_file():
-        model = pretrain(progress=progress)
-        save_pretrained(model, path)
-        return model
-    tensors = load_file(str(path))
-    model = quickstart_mlp()
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    found = {key: tuple(value.shape) for key, value in tensors.items()}
-    if expected != found:
-        raise ValueError(
-            f"{path} holds tensors {found}, but the quickstart MLP needs {expected}; "
-            "delete the file to retrain it (python -m lorakit.transfer --write)"
-        )
-    model.load_state_dict(tensors)
-    return model.eval()
+    metadata = {"recipe": f"{_RECIPE} torch={torch.__version__}"}
+    model, _ = load_or_pretrain(
+        path, format=_FORMAT, build=lambda meta: quickstart_mlp(), pretrain=lambda: (pretrain(progress=progress), metadata)
+    )
+    return model
 
 
 def prepare_finetuning(
@@ -221,7 +179,7 @@ def prepare_finetuning(
     alpha: float | None = None,
     targets: Sequence[str] = LORA_TARGETS,
 ) -> nn.Module:
-    """Set which parameters of the pretrained MLP train, in place; return ``model``.
+    """Set which parameters of the pretrained MLP train, in place; return ``model`` (Chapter 3).
 
     * ``"frozen"``: nothing trains;
     * ``"last_layer"``: only the output layer (``"4"``, 512→10, weight and bias);
@@ -246,75 +204,13 @@ def prepare_finetuning(
     return model
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in the optimizer's state tensors (e.g. Adam's two moments per parameter).
-
-    Example:
-        >>> p = nn.Parameter(torch.zeros(10))
-        >>> opt = torch.optim.Adam([p]); p.grad = torch.ones(10); opt.step()
-        >>> optimizer_state_bytes(opt)   # exp_avg + exp_avg_sq (10 float32 each) + step
-        84
-    """
-    return sum(
-        value.numel() * value.element_size()
-        for state in optimizer.state.values()
-        for value in state.values()
-        if isinstance(value, torch.Tensor)
-    )
-
-
-def finetune(
-    model: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    X_test: torch.Tensor,
-    y_test: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    progress: bool = True,
-    desc: str = "fine-tuning",
-) -> tuple[History, dict[str, float]]:
-    """Train ``model``'s trainable parameters with Adam; score the test accuracy each epoch.
-
-    Returns:
-        ``(history, stats)`` where ``history.metric("accuracy")`` is the test accuracy per
-        epoch and ``stats`` holds ``"trainable"`` (parameters), ``"optimizer_bytes"`` and
-        ``"seconds_per_epoch"`` (CPU time). A model with nothing to train is only scored.
-
-    Example:
-        >>> X, y = torch.rand(64, 784), torch.randint(0, 10, (64,))
-        >>> model = prepare_finetuning(quickstart_mlp(), "last_layer")
-        >>> history, stats = finetune(model, X, y, X, y, epochs=1, progress=False)
-        >>> stats["trainable"], stats["optimizer_bytes"]
-        (5130, 41048)
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    count = sum(p.numel() for p in trainable)
-    if not trainable:
-        return History(evals=[{"epoch": 0, "accuracy": accuracy(model, X_test, y_test)}]), {
-            "trainable": 0, "optimizer_bytes": 0, "seconds_per_epoch": 0.0,
-        }
-    optimizer = torch.optim.Adam(trainable, lr=lr)
-    start = time.process_time()
-    history = fit(
-        model, X, y, loss_fn=F.cross_entropy, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-        generator=generator, evaluate=lambda m: {"accuracy": accuracy(m, X_test, y_test)},
-        progress=progress, desc=desc,
-    )
-    seconds = (time.process_time() - start) / epochs
-    return history, {"trainable": count, "optimizer_bytes": optimizer_state_bytes(optimizer), "seconds_per_epoch": seconds}
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``--check`` retrains and compares with the stored file; ``--write`` rewrites it."""
-    parser = argparse.ArgumentParser(prog="python -m lorakit.transfer", description="Regenerate the pretrained MLP.")
+    parser = argparse.ArgumentParser(prog="python -m lorakit.book.transfer", description="Regenerate the pretrained MLP.")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--check", action="store_true", help="retrain and compare bit for bit with the stored file")
     group.add_argument("--write", action="store_true", help="retrain and (over)write the stored file")
@@ -329,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not path.is_file():
         print(f"no stored file at {path}; create it with --write")
         return 1
-    stored = load_file(str(path))
+    stored, _ = load_weights(path, format=_FORMAT)
     fresh_tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     tensors_same = stored.keys() == fresh_tensors.keys() and all(
         torch.equal(stored[key], fresh_tensors[key]) for key in stored

@@ -1,4 +1,4 @@
-"""The paper's synthetic models: fully connected networks (FNN) and a simplified transformer (TFN).
+"""The paper's synthetic models: fully connected networks (FNN) and a simplified transformer (TFN) (Chapters 4–6).
 
 Conventions (the paper's code, see the chapter text): every FNN layer is a ``D × D``
 ``nn.Linear`` with PyTorch's default initialisation, the activation follows *every*
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..layer import LoRALinear
+from ...layer import LoRALinear
 
 __all__ = ["FNN", "TFN", "TFNBlock", "AttentionHead", "make_fnn_pair", "make_tfn_pair", "pretrain", "sample_inputs", "block_sizes"]
 
@@ -26,7 +26,7 @@ Activation = Literal["relu", "linear"]
 
 
 def block_sizes(target_depth: int, frozen_depth: int) -> list[int]:
-    """How many frozen layers emulate each target layer: ``M = ⌊L/L̄⌋`` each, the remainder to the last.
+    """How many frozen layers emulate each target layer: ``M = ⌊L/L̄⌋`` each, the remainder to the last (Chapter 5).
 
     Example:
         >>> block_sizes(2, 5)
@@ -49,7 +49,7 @@ def _wrap(layer: nn.Linear, r: int, std: float) -> LoRALinear:
 
 
 class FNN(nn.Module):
-    """A width-``D`` fully connected network: ``x ↦ σ(W_L ⋯ σ(W_1 x + b_1) ⋯ + b_L)``.
+    """A width-``D`` fully connected network: ``x ↦ σ(W_L ⋯ σ(W_1 x + b_1) ⋯ + b_L)`` (Chapter 5).
 
     Args:
         layers: the ``D × D`` layers, plain ``nn.Linear`` (target) or
@@ -113,7 +113,7 @@ def make_fnn_pair(
     rank_step: int = 0,
     seed: int = 123,
 ) -> tuple[FNN, FNN]:
-    """Draw the target FNN (``L̄`` layers) and the frozen FNN (``L`` layers with rank-``rank`` LoRA).
+    """Draw the target FNN (``L̄`` layers) and the frozen FNN (``L`` layers with rank-``rank`` LoRA) (Chapter 5).
 
     Seeds torch with ``seed``, draws the target's layers, then the frozen base layers,
     then the LoRA factors (so the frozen weights do not depend on ``rank``). With
@@ -167,7 +167,7 @@ def make_fnn_pair(
 
 
 class AttentionHead(nn.Module):
-    """One head: ``softmax(Q Kᵀ) V W_Oᵀ`` with ``Q = X W_Qᵀ``, ``K = X W_Kᵀ``, ``V = X W_Vᵀ`` (softmax over keys).
+    """One head: ``softmax(Q Kᵀ) V W_Oᵀ`` with ``Q = X W_Qᵀ``, ``K = X W_Kᵀ``, ``V = X W_Vᵀ`` (softmax over keys) (Chapter 4).
 
     Shapes:
         input ``(batch, N, D)`` → output ``(batch, N, D)``.
@@ -188,7 +188,7 @@ class AttentionHead(nn.Module):
 
 
 class TFNBlock(nn.Module):
-    """Sum of ``H`` heads, then the token-wise FFN ``W₂ ReLU(W₁ · + b₁) + b₂``.
+    """Sum of ``H`` heads, then the token-wise FFN ``W₂ ReLU(W₁ · + b₁) + b₂`` (Chapter 4).
 
     Example:
         >>> heads = [AttentionHead(*(nn.Linear(4, 4, bias=False) for _ in range(4))) for _ in range(2)]
@@ -207,7 +207,7 @@ class TFNBlock(nn.Module):
 
 
 class TFN(nn.Module):
-    """The paper's simplified transformer: ``depth`` blocks then a bias-free output layer.
+    """The paper's simplified transformer: ``depth`` blocks then a bias-free output layer (Chapter 6).
 
     Shapes:
         input ``(batch, N, D)`` → output ``(batch, N, D)``.
@@ -239,7 +239,7 @@ def _attention_linear(D: int) -> nn.Linear:
 def make_tfn_pair(
     width: int, depth: int, rank: int, *, n_head: int = 2, std: float = 0.25, seed: int = 123
 ) -> tuple[TFN, TFN]:
-    """Draw a target TFN and a frozen TFN of the same depth, the frozen one with LoRA.
+    """Draw a target TFN and a frozen TFN of the same depth, the frozen one with LoRA (Chapter 6).
 
     The frozen TFN has LoRA (rank ``rank``, ``alpha = rank``) on ``W_Q, W_K, W_V, W_O`` of
     every head and block, on the last block's ``W₂`` and on ``W_o``. Attention matrices
@@ -290,7 +290,7 @@ def make_tfn_pair(
 def sample_inputs(
     model: nn.Module, n: int, width: int, generator: torch.Generator, seq_length: int = 10
 ) -> torch.Tensor:
-    """``n`` i.i.d. standard Gaussian inputs for ``model``: ``(n, D)`` for an FNN, ``(n, N, D)`` for a TFN.
+    """``n`` i.i.d. standard Gaussian inputs for ``model``: ``(n, D)`` for an FNN, ``(n, N, D)`` for a TFN (Chapter 4).
 
     Example:
         >>> sample_inputs(TFN([], nn.Identity()), 2, 4, torch.Generator().manual_seed(0), 3).shape
@@ -313,7 +313,7 @@ def pretrain(
     seq_length: int = 10,
     progress: bool = True,
 ) -> int:
-    """Train the frozen model's *base* weights (not the LoRA factors) towards the target, in place.
+    """Train the frozen model's *base* weights (not the LoRA factors) towards the target, in place (Chapter 4).
 
     Adam (``lr``, no weight decay), MSE, a fresh Gaussian batch each step; stops at the
     first step ``i >= 1`` whose batch loss is below ``loss_0 / level``, or after ``epochs``

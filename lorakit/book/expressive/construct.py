@@ -1,4 +1,4 @@
-"""The linear core of the paper's construction (Zeng & Lee, 2024, Lemma on linear models).
+"""The linear core of the paper's construction (Zeng & Lee, 2024, Lemma on linear models; Chapter 4).
 
 Given a target matrix ``W̄`` and ``M`` frozen matrices ``W_1 … W_M`` (``W_1`` applied
 first), :func:`lowrank_update` returns one rank-≤``r`` update per frozen matrix such
@@ -29,7 +29,7 @@ def _check_square_stack(target: torch.Tensor, frozen: list[torch.Tensor]) -> int
 
 
 def chain_product(mats: list[torch.Tensor], D: int | None = None) -> torch.Tensor:
-    """``W_k ⋯ W_1`` for ``mats = [W_1, …, W_k]`` (the first applied is rightmost).
+    """``W_k ⋯ W_1`` for ``mats = [W_1, …, W_k]`` (the first applied is rightmost) (Chapter 4).
 
     Args:
         mats: square matrices, each ``D × D``; may be empty if ``D`` is given.
@@ -53,7 +53,7 @@ def chain_product(mats: list[torch.Tensor], D: int | None = None) -> torch.Tenso
 
 
 def canonical_svd(E: torch.Tensor, rtol: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SVD ``E = U diag(S) Vᵀ`` (float64) with a deterministic basis inside tied singular values.
+    """SVD ``E = U diag(S) Vᵀ`` (float64) with a deterministic basis inside tied singular values (Chapter 4).
 
     LAPACK may return any orthonormal basis of the right singular subspace of a
     repeated singular value (e.g. ``E = s·I`` under ``init_mode=uniform_singular_values``).
@@ -107,7 +107,7 @@ def canonical_svd(E: torch.Tensor, rtol: float = 1e-5) -> tuple[torch.Tensor, to
 
 
 def rank_threshold(D: int, target_depth: int, frozen_depth: int) -> int:
-    """The paper's sufficient LoRA rank ``⌈D / M⌉`` with ``M = ⌊L / L̄⌋`` frozen layers per target layer.
+    """The paper's sufficient LoRA rank ``⌈D / M⌉`` with ``M = ⌊L / L̄⌋`` frozen layers per target layer (Chapter 5).
 
     For ``(D, L̄, L) = (16, 1, 2)`` or ``(16, 2, 4)`` this is 8: the abstract's
     "width × depth of target / depth of frozen".
@@ -128,7 +128,7 @@ def rank_threshold(D: int, target_depth: int, frozen_depth: int) -> int:
 def lowrank_update(
     target: torch.Tensor, frozen: list[torch.Tensor], r: int, rtol: float = 1e-5
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """The paper's construction for one target matrix emulated by ``M`` frozen ones.
+    """The paper's construction for one target matrix emulated by ``M`` frozen ones (Chapter 4).
 
     With ``E = W̄ − W_M⋯W_1 = U Σ Vᵀ`` (:func:`canonical_svd`), layer ``l`` gets the
     ``l``-th chunk ``V_l`` of ``r`` right singular vectors (clipped at ``D``) and the update
@@ -189,7 +189,7 @@ def lowrank_update(
 
 
 def tail_errors(S: torch.Tensor, k: int) -> tuple[float, float]:
-    """The error of the best rank-``k`` approximation: ``(σ_{k+1}, Σ_{i>k} σ_i²)``.
+    """The error of the best rank-``k`` approximation: ``(σ_{k+1}, Σ_{i>k} σ_i²)`` (Chapter 4).
 
     These are the spectral norm and squared Frobenius norm of ``E − E_k`` (Eckart–Young),
     i.e. what :func:`lowrank_update` leaves when ``k = r·M``. For ``x ~ N(0, I_D)`` the

@@ -2,9 +2,9 @@
 
 Every sentence is built from the templates below (no text is copied from any corpus), so
 the file is ours to ship; it is released with the book under the book's licence (CC0 for
-the data). The 576 rows are stored in ``lorakit/assets/sentences.csv`` (:data:`SENTENCES_PATH`,
-shipped inside the package so Colab has it too); ``python -m lorakit.sentences`` rebuilds that
-file from the templates, and ``python -m lorakit.sentences --check`` verifies it byte for byte.
+the data). The 576 rows are stored in ``lorakit/book/assets/sentences.csv`` (:data:`SENTENCES_PATH`,
+shipped inside the package so Colab has it too); ``python -m lorakit.book.sentences`` rebuilds that
+file from the templates, and ``python -m lorakit.book.sentences --check`` verifies it byte for byte.
 The output is deterministic (``random.Random(0)``).
 
 Each sentence says something about a subject with a positive or negative adjective,
@@ -28,11 +28,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..io import atomic_write
+
 __all__ = ["SENTENCES_PATH", "COLUMNS", "build", "to_csv", "load_sentences", "main"]
 
-#: The stored task, inside the package (``lorakit/assets/sentences.csv``).
+#: The stored task, inside the package (``lorakit/book/assets/sentences.csv``) (Chapter 13).
 SENTENCES_PATH = Path(__file__).with_name("assets") / "sentences.csv"
-#: The CSV's columns, in order.
+#: The CSV's columns, in order (Chapter 13).
 COLUMNS = ("text", "label", "kind", "split")
 
 SUBJECTS = ["the food", "the movie", "the service", "the hotel room", "the book", "the concert",
@@ -47,7 +49,7 @@ NEGATED = ["{s} was not {a}.", "{s} was never {a}.", "{s} was anything but {a}."
 
 
 def build(seed: int = 0, test_fraction: float = 0.3) -> list[tuple[str, int, str, str]]:
-    """Every sentence of the task, as ``(text, label, kind, split)`` rows in a shuffled order.
+    """Every sentence of the task, as ``(text, label, kind, split)`` rows in a shuffled order (Chapter 13).
 
     Args:
         seed: seeds the choice of templates, of the held-out pairs and the row order.
@@ -86,7 +88,7 @@ def build(seed: int = 0, test_fraction: float = 0.3) -> list[tuple[str, int, str
 
 
 def to_csv(rows: Sequence[tuple[str, int, str, str]]) -> str:
-    """The rows as CSV text with a header line (``\\r\\n`` line ends, as the ``csv`` module writes).
+    """The rows as CSV text with a header line (``\\r\\n`` line ends, as the ``csv`` module writes) (Chapter 13).
 
     Example:
         >>> to_csv([("the food was good.", 1, "plain", "train")]).splitlines()
@@ -100,7 +102,7 @@ def to_csv(rows: Sequence[tuple[str, int, str, str]]) -> str:
 
 
 def load_sentences(split: str | None = None) -> list[dict[str, object]]:
-    """The stored sentences as dicts with keys :data:`COLUMNS` (``label`` an ``int``).
+    """The stored sentences as dicts with keys :data:`COLUMNS` (``label`` an ``int``) (Chapter 13).
 
     Args:
         split: ``"train"`` or ``"test"`` for one split; ``None`` for all 576 rows.
@@ -118,26 +120,24 @@ def load_sentences(split: str | None = None) -> list[dict[str, object]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lorakit.sentences [--check]``: rebuild :data:`SENTENCES_PATH`, or check it.
+    """``python -m lorakit.book.sentences [--check]``: rebuild :data:`SENTENCES_PATH`, or check it (Chapter 13).
 
     Returns the exit status (1 when ``--check`` finds the file differs from :func:`build`).
 
     Example:
         >>> main(["--check"])  # doctest: +ELLIPSIS
-        /.../lorakit/assets/sentences.csv: matches the templates
+        /.../lorakit/book/assets/sentences.csv: matches the templates
         0
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args not in ([], ["--check"]):
-        raise SystemExit(f"unknown arguments {args}; usage: python -m lorakit.sentences [--check]")
+        raise SystemExit(f"unknown arguments {args}; usage: python -m lorakit.book.sentences [--check]")
     text = to_csv(build())
     if args == ["--check"]:
         same = SENTENCES_PATH.is_file() and SENTENCES_PATH.read_bytes() == text.encode()
         print(f"{SENTENCES_PATH}: {'matches' if same else 'DIFFERS from'} the templates")
         return 0 if same else 1
-    tmp = SENTENCES_PATH.with_suffix(".csv.tmp")
-    tmp.write_bytes(text.encode())
-    tmp.replace(SENTENCES_PATH)  # atomic: never a half-written file
+    atomic_write(SENTENCES_PATH, lambda tmp: Path(tmp).write_bytes(text.encode()))  # never a half-written file
     print(f"wrote {SENTENCES_PATH} ({len(text.splitlines()) - 1} sentences)")
     return 0
 

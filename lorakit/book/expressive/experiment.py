@@ -1,4 +1,4 @@
-"""One experiment of the paper, end to end, and the paper's configuration grid (resumable).
+"""One experiment of the paper, end to end, and the paper's configuration grid, resumable (Chapters 4–6).
 
 :class:`Config` holds the flags of the paper's ``run_exp.py``; :func:`run_experiment`
 draws the models, optionally pretrains the frozen one, adapts it with 'ours', 'sgd' or
@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ...io import atomic_write
 from .methods import adapt_ours_fnn, adapt_ours_tfn, mse, train_adapter, trainable_parameters
 from .models import make_fnn_pair, make_tfn_pair, pretrain, sample_inputs
 
@@ -37,7 +38,7 @@ __all__ = ["Config", "Result", "format_mse", "validate", "run_experiment", "form
 
 @dataclass(frozen=True)
 class Config:
-    """The flags of the paper's ``run_exp.py`` (same names, same defaults).
+    """The flags of the paper's ``run_exp.py`` (same names, same defaults) (Chapter 4).
 
     For ``exp="tfn"`` the frozen depth is ``target_depth`` (the paper's transformer
     experiments use equal depths); ``frozen_depth``, ``use_bias``, ``activation``,
@@ -79,7 +80,7 @@ class Config:
 
 @dataclass
 class Result:
-    """What one run produced. Losses are MSE over all output entries.
+    """What one run produced. Losses are MSE over all output entries (Chapter 4).
 
     Attributes:
         config: the configuration that ran.
@@ -115,7 +116,7 @@ class Result:
 
 
 def validate(cfg: Config) -> None:
-    """Raise ``ValueError`` naming the problem and the fix if ``cfg`` cannot run.
+    """Raise ``ValueError`` naming the problem and the fix if ``cfg`` cannot run (Chapter 4).
 
     Example:
         >>> validate(Config(rank=0))
@@ -181,7 +182,7 @@ def validate(cfg: Config) -> None:
 
 
 def format_mse(value: float, floor: float = 1e-12) -> str:
-    """An MSE for printing: 4 significant digits, or ``"<1e-12"`` below ``floor``.
+    """An MSE for printing: 4 significant digits, or ``"<1e-12"`` below ``floor`` (Chapter 4).
 
     Below ``floor`` the digits are floating-point rounding, which changes with the BLAS code path;
     printing them would make stored notebook outputs irreproducible.
@@ -198,7 +199,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def run_experiment(cfg: Config, *, progress: bool = True, log: Callable[..., None] = print) -> Result:
-    """Run one configuration and return its :class:`Result` (see the module doc for the random streams).
+    """Run one configuration and return its :class:`Result` (see the module doc for the random streams) (Chapter 4).
 
     Args:
         cfg: the configuration (checked with :func:`validate` first).
@@ -270,7 +271,7 @@ def _error_spectra(frozen: torch.nn.Module, target: torch.nn.Module, cfg: Config
 
 
 def format_settings(cfg: Config) -> str:
-    """The settings block the paper's script prints first (``Experiment Setting:`` then ``| flag: value``).
+    """The settings block the paper's script prints first (``Experiment Setting:`` then ``| flag: value``) (Chapter 4).
 
     Example:
         >>> format_settings(Config(lr=1e-4)).splitlines()[11]
@@ -281,7 +282,7 @@ def format_settings(cfg: Config) -> str:
 
 
 def format_report(res: Result) -> str:
-    """The report of the paper's ``run_exp.py``: settings block, singular values, losses.
+    """The report of the paper's ``run_exp.py``: settings block, singular values, losses (Chapter 4).
 
     Example:
         >>> r = Result(Config(), [[0.5, 0.25]], None, 0.0329, None, 0)
@@ -303,7 +304,7 @@ FAMILIES = ("linear", "relu", "flt", "tfn")
 
 
 def grid(family: str, *, width: int = 16, seeds: tuple[int, ...] = (0, 1, 2, 3, 4), n_epochs: int = 5000) -> Iterator[Config]:
-    """The paper's configuration grid for one family (``linear``, ``relu``, ``flt``, ``tfn``).
+    """The paper's configuration grid for one family (``linear``, ``relu``, ``flt``, ``tfn``) (Chapter 4).
 
     Follows the grid behind the paper's figures (``init_mode=default``, std 0.25,
     batch 256, 5000 steps, n_test 5000, 'sgd'/'flt' over lr ∈ {1e-2,1e-3,1e-4} × wd ∈
@@ -347,7 +348,7 @@ def _key(cfg: Config) -> str:
 
 
 def run_grid(configs: list[Config], results: str | Path, *, limit: int | None = None, progress: bool = True) -> int:
-    """Run ``configs``, appending one JSON line per run to ``results``; runs already there are skipped.
+    """Run ``configs``, appending one JSON line per run to ``results``; runs already there are skipped (Chapter 4).
 
     Args:
         configs: the runs, e.g. ``list(grid("linear"))``.
@@ -367,23 +368,21 @@ def run_grid(configs: list[Config], results: str | Path, *, limit: int | None = 
     """
     path = Path(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                done.add(_key(Config(**json.loads(line)["config"])))
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    done = {_key(Config(**json.loads(line)["config"])) for line in lines}
     todo = [c for c in configs if _key(c) not in done][: limit if limit is not None else None]
     from tqdm.auto import tqdm
 
     for cfg in tqdm(todo, desc="grid", disable=not progress):
         res = run_experiment(cfg, progress=False, log=lambda *a: None)
-        with path.open("a") as fh:
-            fh.write(json.dumps(res.to_json()) + "\n")
+        lines.append(json.dumps(res.to_json()))
+        text = "\n".join(lines) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))  # the file always holds whole runs only
     return len(todo)
 
 
 def summarize(rows: list[dict], x: str = "rank") -> dict[tuple, float]:
-    """The paper's aggregation: per (setting, x, seed) the run with the lowest validation loss, then the median over seeds.
+    """The paper's aggregation: per (setting, x, seed) the run with the lowest validation loss, then the median over seeds (Chapter 4).
 
     Args:
         rows: dicts as written by :func:`run_grid` (``{"config": …, "test_loss": …}``).
