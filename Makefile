@@ -75,7 +75,7 @@ solution-checks: setup
 	  echo "== $$script"; $(PY) $$script; done
 
 bench: setup
-	$(PY) -m lorakit.bench
+	$(PY) -m lorakit.book.bench
 
 lock:
 	rm -rf .lock-venv && python3 -m venv .lock-venv

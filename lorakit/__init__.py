@@ -1,31 +1,26 @@
-"""lorakit — the small library grown from the book *Understanding LoRA*.
+"""lorakit — the small LoRA library grown from the book *Understanding LoRA*.
 
-Each module is one idea a chapter teaches; later chapters import it.
+The top level is the reusable library; it never imports the book's experiment code.
 
-Core (Chapter 1):
-
-* :mod:`lorakit.config` — :class:`LoraConfig`, the one description of an adapter (any variant);
-* :mod:`lorakit.layer` — :class:`LoRALinear`, the LoRA layer, and the variant registry;
+* :mod:`lorakit.config` — :class:`LoraConfig`, the one description of an adapter (any variant;
+  Chapter 1);
+* :mod:`lorakit.layer` — :class:`LoRALinear`, the LoRA layer, and the variant registry (Chapter 1);
 * :mod:`lorakit.inject` — :func:`inject_adapter` (one path for every variant), count, merge, unload,
-  ``merge_and_unload``/``unload``/``disable_adapters`` (peft's names);
-* :mod:`lorakit.adapter` — save and load adapters (every variant's tensors, stored config);
-* :mod:`lorakit.io` — atomic writes and checked reads of the files lorakit uses;
-* :mod:`lorakit.train` — the shared training loop; :mod:`lorakit.repro` — seeding and threads;
-* :mod:`lorakit.toy` — the minimal ``y = Xθ`` example; :mod:`lorakit.rlang` — R cells through rpy2.
+  ``merge_and_unload``/``unload``/``disable_adapters`` (peft's names; Chapter 1);
+* :mod:`lorakit.adapter` — save and load adapters (every variant's tensors, stored config; Chapter 3);
+* :mod:`lorakit.train` — the training loop and ``accuracy``; :mod:`lorakit.repro` — seeding, threads;
+  :mod:`lorakit.io` — atomic writes and checked reads;
+* :mod:`lorakit.protocol` (Chapter 3) — splits, tuning on validation, seeds, intervals, paired
+  differences; :mod:`lorakit.results` — stored full-scale results, resumable and re-verified;
+  :mod:`lorakit.replicas` (Chapter 4) — K training runs as one vectorised computation;
+* :mod:`lorakit.peft_methods` (Chapter 7) — BitFit, adapters, prefix tuning, intrinsic dimension;
+  :mod:`lorakit.subspace` (Chapter 9) — subspace similarity, amplification;
+* :mod:`lorakit.optim` (Chapter 10) — Riemannian-preconditioned optimizers; :mod:`lorakit.variants`
+  (Part V) — LoRA+, DoRA, PiSSA, AdaLoRA, ReLoRA, GaLore, NF4/QLoRA;
+* :mod:`lorakit.peft_compat` (Chapter 13) — 🤗 peft's adapter format.
 
-Part II: :mod:`lorakit.data` (FashionMNIST without torchvision), :mod:`lorakit.lowrank`
-(low-rank layers instead of full-rank weights), :mod:`lorakit.transfer` (the shared fine-tuning task).
-
-Part III: :mod:`lorakit.expressive` (the expressive power of LoRA: constructions, methods, sweeps).
-
-Part IV: :mod:`lorakit.tinyformer` (a tiny ViT), :mod:`lorakit.peft_methods` (BitFit, adapters,
-prefix tuning, intrinsic dimension), :mod:`lorakit.subspace` (subspace similarity, amplification).
-
-Part V: :mod:`lorakit.optim` (Riemannian-preconditioned optimizers), :mod:`lorakit.variants`
-(LoRA+, DoRA, PiSSA, AdaLoRA, ReLoRA, GaLore, NF4/QLoRA).
-
-Part VI: :mod:`lorakit.peft_compat` (🤗 peft's adapter format), :mod:`lorakit.sentences` (the sentence
-task of Chapter 13), :mod:`lorakit.bench` (speed).
+The book's experiment code (tasks, pretrained models, sweeps, benchmarks) lives in
+:mod:`lorakit.book`, one module per chapter or part.
 """
 
 from .adapter import adapter_state_dict, load_adapter, save_adapter

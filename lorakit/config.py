@@ -21,7 +21,7 @@ __all__ = ["LoraConfig", "MatchMode", "MATCH_MODES"]
 
 #: How a target names layers: "suffix" (default), "exact" or "regex" (re.fullmatch) (Chapter 1).
 MatchMode = Literal["suffix", "exact", "regex"]
-#: The ways a target names layers: see :mod:`lorakit.inject`.
+#: The ways a target names layers: see :mod:`lorakit.inject` (Chapter 1).
 MATCH_MODES: tuple[str, ...] = ("suffix", "exact", "regex")
 
 

@@ -291,7 +291,7 @@ class LoRALinear(nn.Module):
         self.A = nn.Parameter(torch.empty(r, base.in_features, device=weight.device, dtype=weight.dtype))
         # B is ``out × r`` like everywhere in the book, but stored as the transpose of a row-major
         # ``r × out`` tensor: F.linear(h, B) then multiplies by a plain row-major matrix, which this
-        # CPU BLAS runs markedly faster for small r (measured with ``python -m lorakit.bench``).
+        # CPU BLAS runs markedly faster for small r (measured with ``python -m lorakit.book.bench``).
         self.B = nn.Parameter(
             torch.zeros(r, base.out_features, device=weight.device, dtype=weight.dtype).t()
         )
@@ -339,7 +339,7 @@ class LoRALinear(nn.Module):
         """The weight the unmerged layer applies, ``W + ΔW`` (shape ``(out, in)``, float32 or wider) (Chapter 1).
 
         Differentiable in the adapter tensors. Variants override it (DoRA: ``m · V / ‖V‖``); merging,
-        :func:`lorakit.variants.compare.effective_weight` and the chapters' update ranks all use it.
+        :func:`lorakit.book.compare.effective_weight` and the chapters' update ranks all use it.
 
         Example:
             >>> layer = LoRALinear(nn.Linear(4, 3), r=2)

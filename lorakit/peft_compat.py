@@ -51,9 +51,9 @@ __all__ = [
     "load_peft_adapter",
 ]
 
-#: The adapter's config file in a peft adapter directory, as peft's ``save_pretrained`` names it.
+#: The adapter's config file in a peft adapter directory, as peft's ``save_pretrained`` names it (Chapter 13).
 CONFIG_NAME = "adapter_config.json"
-#: The adapter's weight file (safetensors) in a peft adapter directory, as peft names it.
+#: The adapter's weight file (safetensors) in a peft adapter directory, as peft names it (Chapter 13).
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 

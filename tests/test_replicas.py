@@ -172,7 +172,7 @@ def test_bad_fit_arguments():
 
 
 def test_benchmark_quick(tmp_path):
-    from lorakit import replicas_bench
+    from lorakit.book import replicas_bench
 
     report = replicas_bench.main(["--quick", "--out", str(tmp_path / "bench.json")])
     stored = json.loads((tmp_path / "bench.json").read_text())

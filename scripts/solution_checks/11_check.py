@@ -15,7 +15,7 @@ from lorakit.book import transfer
 from lorakit.train import accuracy
 from lorakit import variants as lv
 from lorakit.variants._common import update_rank
-from lorakit.variants.compare import effective_weight, run_variant
+from lorakit.book.compare import effective_weight, run_variant
 
 T0 = time.time()
 g = lk.seed_everything(0)

@@ -1,7 +1,7 @@
 """One fixed-budget comparison of the LoRA family on the Part II task (Chapters 11 and 12).
 
 Every method starts from the same pretrained FashionMNIST MLP
-(:func:`lorakit.transfer.pretrained_mlp`), adapts the same two hidden layers
+(:func:`lorakit.book.transfer.pretrained_mlp`), adapts the same two hidden layers
 (``"0"``: 784→512 and ``"2"``: 512→512; full fine-tuning and GaLore train every
 parameter), sees the same mini-batches (same generator seed) for the same number of
 Adam steps, and is scored once on the rotated test set. What is recorded:
@@ -22,22 +22,23 @@ from torch.nn import functional as F
 from ..config import LoraConfig
 from ..inject import count_parameters, inject_adapter
 from ..layer import LoRALinear
-from ..train import fit
-from ..transfer import LORA_TARGETS, accuracy, optimizer_state_bytes, pretrained_mlp
-from ._common import update_rank
-from .adalora import AdaLoRAController, orthogonal_regularizer
-from .galore import GaLoreAdamW
-from .lora_plus import loraplus_param_groups
-from .relora import ReLoRA
+from ..train import accuracy, fit
+from ..variants._common import update_rank
+from ..variants.adalora import AdaLoRAController, orthogonal_regularizer
+from ..variants.galore import GaLoreAdamW
+from ..variants.lora_plus import loraplus_param_groups
+from ..variants.relora import ReLoRA
+from .scaffold import optimizer_state_bytes
+from .transfer import LORA_TARGETS, pretrained_mlp
 
 __all__ = ["METHODS", "WHERE_IT_APPLIES", "VariantResult", "effective_weight", "prepare_variant", "run_variant"]
 
-#: The methods :func:`run_variant` knows, in the order the chapter shows them.
+#: The methods :func:`run_variant` knows, in the order the chapter shows them (Chapter 11).
 METHODS: tuple[str, ...] = (
     "frozen", "full", "lora", "lora+", "rslora", "dora", "pissa", "adalora", "relora", "galore", "qlora",
 )
 
-#: Where each method is used in practice, one line per method.
+#: Where each method is used in practice, one line per method (Chapter 11).
 WHERE_IT_APPLIES: dict[str, str] = {
     "frozen": "reference: no adaptation",
     "full": "reference: every weight and its Adam state",
@@ -270,14 +271,14 @@ def run_variant(
 
     Args:
         method: one of :data:`METHODS`.
-        X, y, X_test, y_test: the task (e.g. :func:`lorakit.transfer.downstream_task`).
+        X, y, X_test, y_test: the task (e.g. :func:`lorakit.book.transfer.downstream_task`).
         r: the rank (LoRA family) or projection rank (GaLore).
         alpha: the LoRA scale numerator (default ``r``).
         lr: Adam learning rate (LoRA+ uses it for ``A``).
         epochs, batch_size: the budget; batches come from a generator seeded with ``seed``,
             so every method sees the same batches, and the adapter init is drawn after
             ``torch.manual_seed(seed)`` (the caller's random state is restored).
-        model: start from this model instead of :func:`lorakit.transfer.pretrained_mlp`.
+        model: start from this model instead of :func:`lorakit.book.transfer.pretrained_mlp`.
         progress: show the progress bar.
 
     Returns:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lorakit.book.lowrank import quickstart_mlp
-from lorakit.variants.compare import METHODS, WHERE_IT_APPLIES, effective_weight, prepare_variant, run_variant
+from lorakit.book.compare import METHODS, WHERE_IT_APPLIES, effective_weight, prepare_variant, run_variant
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_effective_weight_and_bad_input():
 @pytest.fixture(scope="module")
 def chapter_task():
     """The Chapter 11 task, cut down: 600 rotated FashionMNIST training images, 1000 test images."""
-    from lorakit import transfer
+    from lorakit.book import transfer
 
     X, y, Xt, yt = transfer.downstream_task(n_train=600)
     return X, y, Xt[:1000], yt[:1000], transfer.pretrained_mlp(progress=False)

@@ -1,6 +1,6 @@
 """How much faster K replicas in one computation are than K runs one at a time (Chapter 4).
 
-``python -m lorakit.replicas_bench`` trains the book's small models both ways and writes a JSON
+``python -m lorakit.book.replicas_bench`` trains the book's small models both ways and writes a JSON
 report to ``bench-results/replicas.json`` (atomically, :func:`lorakit.io.atomic_write`):
 
 * ``fnn`` — Part III's width-16 ReLU FNN, ``L̄ = 2``, ``L = 4``, LoRA rank 8 on every layer and
@@ -51,8 +51,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from .io import atomic_write
-from .replicas import ReplicaTrainer, shuffled, stacked, train_one
+from ..io import atomic_write
+from ..replicas import ReplicaTrainer, shuffled, stacked, train_one
 
 DEFAULT_OUT = Path("bench-results") / "replicas.json"
 LRS = (1e-2, 1e-3, 1e-4)  # the expressive-power grid's learning rates and weight decays (issue 17)
@@ -98,7 +98,7 @@ def _labelled(kind: str, shape: tuple[int, ...]) -> Callable[[Sequence[int]], Ca
 
 
 def _mlp(seed: int) -> nn.Module:
-    from .inject import inject_lora
+    from ..inject import inject_lora
     from .lowrank import quickstart_mlp
 
     torch.manual_seed(0)  # one pretrained-like base for all replicas (shared, not stacked)
@@ -109,7 +109,7 @@ def _mlp(seed: int) -> nn.Module:
 
 
 def _vit(seed: int) -> nn.Module:
-    from .inject import inject_lora
+    from ..inject import inject_lora
     from .tinyformer import TinyViT
 
     torch.manual_seed(0)
@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         >>> report = main(["--quick"])  # doctest: +SKIP
         fnn  independent K=   1: one run ...
     """
-    parser = argparse.ArgumentParser(prog="python -m lorakit.replicas_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lorakit.book.replicas_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fnn,tfn,mlp,vit", help="comma-separated subset of fnn,tfn,mlp,vit")
     parser.add_argument("--K", default="1,8,32,128", help="replica counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per K (medians are reported)")
