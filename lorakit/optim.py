@@ -288,6 +288,14 @@ class _ScaledOptimizer(torch.optim.Optimizer):
         """The directions of ``A``, ``B``, then the plain gradients of the group's extra tensors."""
         return [*directions, *(p.grad for p in group["params"][2:])]
 
+    @staticmethod
+    def _evaluate(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+        """``closure()``'s loss, computed with gradients (torch.optim's contract), or None."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
     def _directions(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         # All directions first, then all updates: a "raise" leaves every parameter untouched.
         directions = []
@@ -355,10 +363,7 @@ class ScaledGD(_ScaledOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
         """Take one scaled-GD step; return ``closure()``'s loss if a closure is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for group, directions in zip(self.param_groups, self._directions()):
             for p, direction in zip(group["params"], self._with_extras(group, directions)):
                 if direction is not None:
@@ -441,10 +446,7 @@ class ScaledAdamW(_ScaledOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
         """Take one scaled-AdamW step; return ``closure()``'s loss if a closure is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for group, directions in zip(self.param_groups, self._directions()):
             lr, weight_decay = group["lr"], group["weight_decay"]
             for p, direction in zip(group["params"], self._with_extras(group, directions)):
