@@ -5,7 +5,7 @@ Every method starts from the same pretrained FashionMNIST MLP
 (``"0"``: 784→512 and ``"2"``: 512→512; full fine-tuning and GaLore train every
 parameter), sees the same mini-batches (same generator seed) for the same number of
 Adam steps, and is scored once on the rotated test set. What is recorded:
-trainable parameters, optimizer-state bytes, test accuracy, CPU seconds per step and
+trainable parameters, optimizer-state bytes, test accuracy, wall-clock seconds per step and
 the numerical rank of each hidden layer's total update ``W_after − W_before``.
 """
 
@@ -63,7 +63,8 @@ class VariantResult:
         trainable: number of trainable parameters.
         optimizer_bytes: bytes of optimizer state after training (0 for ``"frozen"``).
         accuracy: test accuracy after the last step.
-        cpu_seconds_per_step: process CPU seconds per optimisation step (a timing: varies run to run).
+        step_seconds: mean wall-clock seconds per optimisation step (a timing: varies run to run),
+            the convention of :class:`lorakit.book.scaffold.FinetuneResult`.
         steps: optimisation steps taken (0 for ``"frozen"``).
         update_ranks, update_norms: per hidden layer (``"0"``, ``"2"``), the numerical rank and
             the Frobenius norm of its total update ``W_after − W_before``.
@@ -73,7 +74,7 @@ class VariantResult:
 
     Example:
         >>> res = VariantResult(method="lora", trainable=10240, optimizer_bytes=81920, accuracy=0.85,
-        ...                     cpu_seconds_per_step=0.01, steps=100, update_ranks={"0": 8, "2": 8})
+        ...                     step_seconds=0.01, steps=100, update_ranks={"0": 8, "2": 8})
         >>> res.method, res.update_ranks["0"], res.notes
         ('lora', 8, '')
     """
@@ -82,7 +83,7 @@ class VariantResult:
     trainable: int
     optimizer_bytes: int
     accuracy: float
-    cpu_seconds_per_step: float
+    step_seconds: float
     steps: int
     update_ranks: dict[str, int] = field(default_factory=dict)
     update_norms: dict[str, float] = field(default_factory=dict)
@@ -303,12 +304,12 @@ def run_variant(
     before = {name: effective_weight(model.get_submodule(name)).clone() for name in LORA_TARGETS}
     trainable = count_parameters(model).trainable
     history_loss: list[float] = []
-    start = time.process_time()
+    start = time.perf_counter()
     if trainable:
         history = fit(model, X, y, loss_fn=loss_fn, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                       generator=torch.Generator().manual_seed(seed), progress=progress, desc=method)
         history_loss = history.train_loss
-    seconds = (time.process_time() - start) / total_steps if trainable else 0.0
+    seconds = (time.perf_counter() - start) / total_steps if trainable else 0.0
     deltas = {name: effective_weight(model.get_submodule(name)) - before[name] for name in LORA_TARGETS}
     ranks = {name: update_rank(d) if trainable else 0 for name, d in deltas.items()}
     norms = {name: float(torch.linalg.matrix_norm(d)) for name, d in deltas.items()}
@@ -317,6 +318,6 @@ def run_variant(
         notes += f"; final ranks {controller.rank_pattern()}"
     return VariantResult(
         method=method, trainable=trainable, optimizer_bytes=optimizer_state_bytes(optimizer) if trainable else 0,
-        accuracy=accuracy(model, X_test, y_test), cpu_seconds_per_step=seconds, steps=total_steps if trainable else 0,
+        accuracy=accuracy(model, X_test, y_test), step_seconds=seconds, steps=total_steps if trainable else 0,
         update_ranks=ranks, update_norms=norms, deltas=deltas, train_loss=history_loss, notes=notes,
     )
