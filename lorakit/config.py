@@ -19,9 +19,9 @@ from .layer import check_alpha, check_dropout, check_rank_type, variant_class
 
 __all__ = ["LoraConfig", "MatchMode", "MATCH_MODES"]
 
-#: How a target names layers: "suffix" (default), "exact" or "regex" (re.fullmatch) (Chapter 1).
+#: How a target names layers — "suffix" (default), "exact" or "regex" (re.fullmatch) (Chapter 1).
 MatchMode = Literal["suffix", "exact", "regex"]
-#: The ways a target names layers: see :mod:`lorakit.inject` (Chapter 1).
+#: The ways a target names layers, as :mod:`lorakit.inject` explains them (Chapter 1).
 MATCH_MODES: tuple[str, ...] = ("suffix", "exact", "regex")
 
 

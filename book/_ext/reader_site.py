@@ -50,10 +50,24 @@ def _resolve_lorakit_short_names(app: Any, env: Any, node: Any, contnode: Any) -
     matches = [full for full, entry in domain.objects.items()
                if full.startswith("lorakit.") and full.rsplit(".", 1)[-1] == name
                and entry.objtype in ("class", "function", "exception", "data")]
+    if len(matches) > 1:  # documented where it is defined and where a package re-exports it
+        matches = [full for full in matches if _defined_at(full)] or matches
     if len(matches) != 1:
         return _undocumented_alias(name, contnode)
     return domain.resolve_xref(env, node.get("refdoc", ""), app.builder, node.get("reftype", "class"),
                                matches[0], node, contnode)
+
+
+def _defined_at(full: str) -> bool:
+    """Whether ``full`` (``lorakit.<module>.<name>``) is where that object is defined."""
+    import importlib
+
+    module, _, name = full.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return getattr(obj, "__module__", None) == module
 
 
 def _undocumented_alias(name: str, contnode: Any) -> Any:

@@ -94,7 +94,7 @@ class VariantResult:
 
 def effective_weight(layer: nn.Module) -> torch.Tensor:
     """The weight a layer applies (detached): ``W`` for ``nn.Linear``, the layer's own
-    :meth:`~lorakit.LoRALinear.effective_weight` for any adapter layer (Chapter 11).
+    :meth:`~lorakit.layer.LoRALinear.effective_weight` for any adapter layer (Chapter 11).
 
     Example:
         >>> lin = nn.Linear(3, 2)
