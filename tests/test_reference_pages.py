@@ -127,3 +127,15 @@ def test_offline_assets_configured() -> None:
         assert not script.startswith("http") and (ROOT / "_vendor" / script.removeprefix("../")).is_file(), script
     assert config["repository"]["branch"] == "main" and config["launch_buttons"]["colab_url"]
     assert config["html"]["use_download_button"] is True
+
+
+def test_readme_library_example_runs(tmp_path, monkeypatch) -> None:
+    """The README's stand-alone lorakit example is code a user copies: it must run as printed."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"## Using lorakit on its own\n\n```python\n(.*?)```", text, re.S)
+    assert match, "README.md lost its 'Using lorakit on its own' python block"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(match.group(1), "README.md", "exec"), namespace)  # noqa: S102 — the README's own code
+    assert all(type(m).__name__ != "LoRALinear" for m in namespace["merged"].modules())
+    assert (tmp_path / "adapter.safetensors").exists()
