@@ -20,6 +20,7 @@ __all__ = [
     "full_data_mse",
     "fit_full_batch",
     "train_blog_protocol",
+    "draw_lora_block",
 ]
 
 
@@ -179,6 +180,52 @@ def train_blog_protocol(
         evaluate=lambda m: {"mse": full_data_mse(m, task)}, eval_every=10, desc=desc,
     )
     return history.metric("mse")
+
+
+def draw_lora_block(d_in: str = "d_in", d_out: str = "d_out", r: str = "r"):
+    """Draw the LoRA block: frozen ``W`` beside the trainable ``A → B`` branch (Chapter 1).
+
+    Returns the matplotlib figure (white background, so it reads in light and dark mode).
+
+    Example:
+        >>> fig = draw_lora_block()
+        >>> fig.get_facecolor()[:3], fig.axes[0].get_title()
+        ((1.0, 1.0, 1.0), 'The LoRA block: h = W x + (alpha/r) B A x')
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), facecolor="white")
+    ax.set(xlim=(0, 10), ylim=(0, 6), title="The LoRA block: h = W x + (alpha/r) B A x")
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="black"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=10)
+
+    def arrow(start, end, label=""):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color="black"))
+        if label:
+            ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.2, label, fontsize=9,
+                    ha="center")
+
+    box(0.2, 2.6, 1.4, 0.8, f"x\n{d_in}", "#f2f2f2")
+    box(3.0, 4.0, 2.6, 1.3, f"W  frozen\n{d_out} x {d_in}", "#cfe2f3")
+    box(2.6, 0.5, 1.5, 1.3, f"A  trains\n{r} x {d_in}\n(random)", "#fce5cd")
+    box(4.9, 0.5, 1.5, 1.3, f"B  trains\n{d_out} x {r}\n(zeros)", "#fce5cd")
+    box(7.0, 0.7, 1.1, 0.9, "x alpha/r", "#fff2cc")
+    ax.add_patch(plt.Circle((8.6, 3.0), 0.35, fc="white", ec="black"))
+    ax.text(8.6, 3.0, "+", ha="center", va="center", fontsize=16)
+    box(9.2, 2.6, 0.75, 0.8, f"h\n{d_out}", "#f2f2f2")
+    arrow((1.6, 3.2), (3.0, 4.5), d_in)
+    arrow((1.6, 2.8), (2.6, 1.3), d_in)
+    arrow((4.1, 1.15), (4.9, 1.15), r)
+    arrow((6.4, 1.15), (7.0, 1.15))
+    arrow((5.6, 4.6), (8.35, 3.25), d_out)
+    arrow((7.55, 1.6), (8.4, 2.7))
+    arrow((8.95, 3.0), (9.2, 3.0))
+    fig.tight_layout()
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
