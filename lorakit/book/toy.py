@@ -190,13 +190,13 @@ def draw_lora_block(d_in: str = "d_in", d_out: str = "d_out", r: str = "r"):
     Example:
         >>> fig = draw_lora_block()
         >>> fig.get_facecolor()[:3], fig.axes[0].get_title()
-        ((1.0, 1.0, 1.0), 'The LoRA block: h = W x + (alpha/r) B A x')
+        ((1.0, 1.0, 1.0), 'The LoRA block: h = W x + (α/r) B A x')
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     fig, ax = plt.subplots(figsize=(7, 3.6), facecolor="white")
-    ax.set(xlim=(0, 10), ylim=(0, 6), title="The LoRA block: h = W x + (alpha/r) B A x")
+    ax.set(xlim=(0, 10), ylim=(0, 6), title="The LoRA block: h = W x + (α/r) B A x")
     ax.axis("off")
 
     def box(x, y, w, h, text, color):
@@ -210,10 +210,10 @@ def draw_lora_block(d_in: str = "d_in", d_out: str = "d_out", r: str = "r"):
                     ha="center")
 
     box(0.2, 2.6, 1.4, 0.8, f"x\n{d_in}", "#f2f2f2")
-    box(3.0, 4.0, 2.6, 1.3, f"W  frozen\n{d_out} x {d_in}", "#cfe2f3")
-    box(2.6, 0.5, 1.5, 1.3, f"A  trains\n{r} x {d_in}\n(random)", "#fce5cd")
-    box(4.9, 0.5, 1.5, 1.3, f"B  trains\n{d_out} x {r}\n(zeros)", "#fce5cd")
-    box(7.0, 0.7, 1.1, 0.9, "x alpha/r", "#fff2cc")
+    box(3.0, 4.0, 2.6, 1.3, f"W  frozen\n{d_out} × {d_in}", "#cfe2f3")
+    box(2.6, 0.5, 1.5, 1.3, f"A  trains\n{r} × {d_in}\n(random)", "#fce5cd")
+    box(4.9, 0.5, 1.5, 1.3, f"B  trains\n{d_out} × {r}\n(zeros)", "#fce5cd")
+    box(7.0, 0.7, 1.1, 0.9, "× α/r", "#fff2cc")
     ax.add_patch(plt.Circle((8.6, 3.0), 0.35, fc="white", ec="black"))
     ax.text(8.6, 3.0, "+", ha="center", va="center", fontsize=16)
     box(9.2, 2.6, 0.75, 0.8, f"h\n{d_out}", "#f2f2f2")
