@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,8 +52,13 @@ __all__ = [
     "METHODS",
     "method_name",
     "validation_set",
+    "train_run",
     "run_adaptation",
+    "step_memory",
     "ADAPTATION",
+    "COMMAND",
+    "RESULTS_DIR",
+    "results_path",
 ]
 
 #: Passes over the 5,000 training images: a fixed budget (the curves still rise here) (Chapter 3).
@@ -62,7 +68,7 @@ BATCH_SIZE = 64
 #: Validation images: the rotated training images after the fine-tuning ones (Chapter 3).
 N_VAL = 60_000 - PRETRAIN_N - DOWNSTREAM_N_TRAIN
 #: The declared learning-rate grid, in half-decade steps, for every method that trains (Chapter 3).
-LR_GRID: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+LR_GRID: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 #: LoRA ranks compared (``alpha = r``, on both hidden layers) (Chapter 3).
 RANKS: tuple[int, ...] = (1, 2, 4, 8, 16)
 #: The seeds every method runs on (Chapter 3).
@@ -121,6 +127,40 @@ def _model(method: str, r: int | None, seed: int) -> nn.Module:
         return prepare_finetuning(copy.deepcopy(_base()), method, r)
 
 
+def train_run(config: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one stored run's model and score it; return the model too (Chapter 3).
+
+    :func:`run_adaptation` is this function without the model; the notebook uses it to re-run a
+    stored entry live and keep the trained adapter.
+
+    Args:
+        config: ``{"method", "r", "lr", "seed", "epochs", "batch_size"}`` (a point of
+            :data:`ADAPTATION` merged with its settings).
+
+    Returns:
+        ``(model, result)``: the fine-tuned MLP (eval mode) and :func:`run_adaptation`'s dict.
+
+    Example:
+        >>> model, out = train_run({"method": "frozen", "r": None, "lr": None, "seed": 0,
+        ...                         "epochs": 5, "batch_size": 64})
+        >>> round(out["test_acc"], 4), out["trainable"], out["val_acc"]
+        (0.0355, 0, [0.0352])
+    """
+    X, y, X_val, y_val, X_test, y_test = _data()
+    model = _model(config["method"], config["r"], config["seed"])
+    res = finetune(
+        model, X, y, X_val, y_val, epochs=config["epochs"], lr=config["lr"] or 0.0, optimizer="adam",
+        batch_size=config["batch_size"], eval_every=1, progress=False,
+        generator=torch.Generator().manual_seed(derive_seed(config["seed"], "batches")),
+    )
+    return model.eval(), {
+        "val_acc": res.history.metric("accuracy"),
+        "test_acc": accuracy(model, X_test, y_test),
+        "trainable": res.trainable,
+        "optimizer_bytes": res.optimizer_bytes,
+    }
+
+
 def run_adaptation(config: dict[str, Any]) -> dict[str, Any]:
     """One stored run: train ``config``'s method and score it on validation and test (Chapter 3).
 
@@ -138,18 +178,52 @@ def run_adaptation(config: dict[str, Any]) -> dict[str, Any]:
         >>> round(out["test_acc"], 4), out["trainable"]
         (0.0355, 0)
     """
-    X, y, X_val, y_val, X_test, y_test = _data()
-    model = _model(config["method"], config["r"], config["seed"])
-    res = finetune(
-        model, X, y, X_val, y_val, epochs=config["epochs"], lr=config["lr"] or 0.0, optimizer="adam",
-        batch_size=config["batch_size"], eval_every=1, progress=False,
-        generator=torch.Generator().manual_seed(derive_seed(config["seed"], "batches")),
-    )
+    return train_run(config)[1]
+
+
+def step_memory(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+    """Bytes one Adam training step holds, measured on tensors: weights, gradients, Adam state, activations (Chapter 3).
+
+    * ``weights``: every parameter of ``model`` (frozen or not);
+    * ``gradients``: the ``.grad`` tensors after one backward pass;
+    * ``optimizer``: Adam's state after one step (two moments per trainable number, plus a step count);
+    * ``activations``: the tensors autograd saves for the backward pass
+      (``torch.autograd.graph.saved_tensors_hooks``; a tensor saved twice counts once; the
+      input batch counts when a layer saves it; saved weights do not, they are counted as weights).
+
+    The step is taken on a deep copy: ``model`` is unchanged.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3))
+        >>> m = step_memory(model, torch.randn(2, 4), torch.tensor([0, 1]))
+        >>> m["weights"], m["gradients"]   # (12 + 3) float32 numbers each
+        (60, 60)
+        >>> m["activations"]   # x (2×4), logits and log-probabilities (2×3 each), labels, a scalar
+        76
+    """
+    from .scaffold import optimizer_state_bytes
+
+    model = copy.deepcopy(model).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved: dict[tuple[int, int], int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in weights:  # a view of a batch counts its own bytes
+            saved[(t.data_ptr(), t.numel() * t.element_size())] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = nn.functional.cross_entropy(model(X), y)
+    opt = torch.optim.Adam(params, lr=1e-3) if params else None
+    if params:
+        loss.backward()
+        opt.step()
     return {
-        "val_acc": res.history.metric("accuracy"),
-        "test_acc": accuracy(model, X_test, y_test),
-        "trainable": res.trainable,
-        "optimizer_bytes": res.optimizer_bytes,
+        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "gradients": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
+        "optimizer": optimizer_state_bytes(opt) if opt is not None else 0,
+        "activations": sum(saved.values()) if params else 0,
     }
 
 
@@ -161,9 +235,39 @@ def _grid() -> list[dict[str, Any]]:
     return points
 
 
-#: The stored comparison: 5 frozen entries + 7 methods × 4 learning rates × 5 seeds (Chapter 3).
+#: The stored comparison: 5 frozen entries + 7 methods × 5 learning rates × 5 seeds (Chapter 3).
 ADAPTATION = Experiment(
     "ch03_adaptation", run_adaptation, grid=_grid(),
     settings={"epochs": EPOCHS, "batch_size": BATCH_SIZE, "optimizer": "adam", "alpha": "r",
               "targets": ["0", "2"], "n_train": DOWNSTREAM_N_TRAIN, "n_val": N_VAL},
 )
+
+#: The committed command that (re)makes the stored file, from the repository root (Chapter 3).
+COMMAND = ("set -a; source scripts/numerics.env; set +a; "
+           "python -m lorakit.results run lorakit.book.adaptation:ADAPTATION --workers 1")
+
+
+#: The checkout's ``results/`` folder, beside the ``lorakit`` package (Chapter 3).
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
+
+
+def results_path() -> Path:
+    """Where ``results/ch03_adaptation.jsonl`` is: the checkout's ``results/`` folder (Chapter 3).
+
+    Looked for in ``./results`` and ``../results`` (a notebook runs in ``notebooks/``), then beside
+    the package's checkout.
+
+    Raises:
+        FileNotFoundError: none of those holds it (e.g. lorakit installed from a wheel); the message
+            says how to make it.
+
+    Example:
+        >>> results_path().name
+        'ch03_adaptation.jsonl'
+    """
+    name = f"{ADAPTATION.name}.jsonl"
+    for folder in (Path("results"), Path("..") / "results", RESULTS_DIR):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"results/{name} is not here: it lives in the book's repository (clone it), or "
+                            f"make it (about 10 min on one core) with: {COMMAND}")
