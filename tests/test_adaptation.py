@@ -43,7 +43,7 @@ def test_a_run_is_deterministic_and_each_seed_is_a_fresh_draw():
     a, b, c = (adaptation.run_adaptation(_config(seed=s)) for s in (0, 0, 1))
     assert a == b
     assert a["val_acc"] != c["val_acc"]
-    assert a["trainable"] == 2 * (784 + 512) + 2 * (512 + 512)
+    assert a["trainable"] == (784 + 512) + (512 + 512)  # r = 1 on both hidden layers
     assert len(a["val_acc"]) == 1 and 0.0 <= a["test_acc"] <= 1.0
 
 

@@ -122,9 +122,10 @@ def validation_set() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _model(method: str, r: int | None, seed: int) -> nn.Module:
+    model = copy.deepcopy(_base())  # before seeding: the first, uncached load builds a model (draws)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))  # LoRA's A; nothing else draws here
-        return prepare_finetuning(copy.deepcopy(_base()), method, r)
+        return prepare_finetuning(model, method, r)
 
 
 def train_run(config: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
