@@ -50,10 +50,12 @@ nbval: numerics-check
 	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg $(NOTEBOOKS)
 
-# Re-runs a fixed random sample of every stored full-scale result (results/*.jsonl) and fails if
-# one does not reproduce exactly under the pinned numerics.
+# Re-runs a fixed random sample of every stored full-scale result and fails if one does not
+# reproduce exactly under the pinned numerics. They live inside the package so that a wheel
+# (Colab) carries them.
+RESULTS_DIR := lorakit/book/results
 results-check:
-	$(PY) -m lorakit.results verify --all
+	$(PY) -m lorakit.results --dir $(RESULTS_DIR) verify --all
 
 build-check:
 	rm -rf _build/html _build/.doctrees

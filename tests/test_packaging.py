@@ -26,7 +26,9 @@ def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
     names = zipfile.ZipFile(next(tmp_path.glob("lorakit-*.whl"))).namelist()
+    stored = sorted(f"lorakit/book/results/{p.name}" for p in (ROOT / "lorakit/book/results").glob("*.jsonl"))
     missing = [name for name in ASSETS if f"lorakit/book/assets/{name}" not in names]
+    missing += [name for name in stored if name not in names]  # stored results the chapters load
     assert not missing, f"the wheel lacks {missing}: see [tool.setuptools.package-data] in pyproject.toml"
     assert not [n for n in names if n.startswith(("tests/", "notebooks/", "book/"))]
     # nothing stale from an old build/ folder, nothing missing

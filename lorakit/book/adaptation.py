@@ -19,10 +19,11 @@ the way :mod:`lorakit.protocol` says a comparison is made:
 
 One stored entry is one ``(method, r, lr, seed)`` run: its validation accuracy after every epoch
 and its test accuracy after the last. :data:`ADAPTATION` is the :class:`lorakit.results.Experiment`;
-the stored file ``results/ch03_adaptation.jsonl`` is (re)made, under the pinned numerics, by::
+the stored file ``lorakit/book/results/ch03_adaptation.jsonl`` is (re)made, under the pinned
+numerics, from the repository's root by::
 
     set -a; source scripts/numerics.env; set +a
-    python -m lorakit.results run lorakit.book.adaptation:ADAPTATION --workers 1
+    python -m lorakit.results --dir lorakit/book/results run lorakit.book.adaptation:ADAPTATION --workers 1
 """
 
 from __future__ import annotations
@@ -244,31 +245,28 @@ ADAPTATION = Experiment(
 )
 
 #: The committed command that (re)makes the stored file, from the repository root (Chapter 3).
-COMMAND = ("set -a; source scripts/numerics.env; set +a; "
-           "python -m lorakit.results run lorakit.book.adaptation:ADAPTATION --workers 1")
+COMMAND = ("set -a; source scripts/numerics.env; set +a; python -m lorakit.results "
+           "--dir lorakit/book/results run lorakit.book.adaptation:ADAPTATION --workers 1")
 
 
-#: The checkout's ``results/`` folder, beside the ``lorakit`` package (Chapter 3).
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
+#: The book's stored results, inside the package so that a wheel (Colab) carries them (Chapter 3).
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def results_path() -> Path:
-    """Where ``results/ch03_adaptation.jsonl`` is: the checkout's ``results/`` folder (Chapter 3).
+    """Where the stored ``ch03_adaptation.jsonl`` is: ``lorakit/book/results/`` (Chapter 3).
 
-    Looked for in ``./results`` and ``../results`` (a notebook runs in ``notebooks/``), then beside
-    the package's checkout.
+    The file ships inside the package (a wheel, and so Colab, has it too).
 
     Raises:
-        FileNotFoundError: none of those holds it (e.g. lorakit installed from a wheel); the message
-            says how to make it.
+        FileNotFoundError: it is missing; the message says how to make it.
 
     Example:
-        >>> results_path().name
-        'ch03_adaptation.jsonl'
+        >>> results_path().relative_to(RESULTS_DIR.parent).as_posix()
+        'results/ch03_adaptation.jsonl'
     """
-    name = f"{ADAPTATION.name}.jsonl"
-    for folder in (Path("results"), Path("..") / "results", RESULTS_DIR):
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"results/{name} is not here: it lives in the book's repository (clone it), or "
-                            f"make it (about 10 min on one core) with: {COMMAND}")
+    path = RESULTS_DIR / f"{ADAPTATION.name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: make it (about 10 min on one core), from the "
+                                f"repository's root, with: {COMMAND}")
+    return path

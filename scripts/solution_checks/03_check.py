@@ -3,7 +3,7 @@
 Run (about 1-2 min, one thread), under the pinned numerics:
     set -a; source scripts/numerics.env; set +a
     PYTHONPATH=. .venv/bin/python scripts/solution_checks/03_check.py
-The chapter's protocol throughout: the stored comparison (results/ch03_adaptation.jsonl) gives each
+The chapter's protocol throughout: the stored comparison (lorakit/book/results/ch03_adaptation.jsonl) gives each
 method's learning rate, chosen on validation; every variant below runs at that rate on the same 5 seeds
 (seed s draws LoRA's A from derive_seed(s, "init") and the batch order from derive_seed(s, "batches")),
 and is compared with the stored method by paired differences over seeds, on validation first.
