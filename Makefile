@@ -13,7 +13,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 include scripts/numerics.env
 
 .PHONY: setup book test pytest numerics-check nbval build-check site-check colab-check notebooks \
-	results-check solution-checks bench lock clean help
+	results-check results-run solution-checks bench lock clean help
 
 help:
 	@echo "make book       set up, then build the site into _build/html"
@@ -21,6 +21,7 @@ help:
 	@echo "                the offline browser check of that build, and every notebook in a simulated Colab"
 	@echo "make colab-check  only the simulated Colab run (bare venv, lorakit from a wheel, downloaded data)"
 	@echo "make notebooks  re-execute the notebooks in place (regenerates stored outputs)"
+	@echo "make results-run EXPERIMENT=module:NAME  create or resume one stored full-scale result"
 	@echo "make solution-checks  print every number the exercise solutions quote (NB=01 for one)"
 	@echo "make bench      benchmark LoRA vs full fine-tuning vs peft (JSON report in bench-results/)"
 	@echo "make lock       re-resolve requirements/requirements.in into requirements/lock.txt"
@@ -56,6 +57,12 @@ nbval: numerics-check
 RESULTS_DIR := lorakit/book/results
 results-check:
 	$(PY) -m lorakit.results --dir $(RESULTS_DIR) verify --all
+
+# Create or resume one stored experiment, e.g. EXPERIMENT=lorakit.book.adaptation:ADAPTATION
+# (WORKERS=N processes, one thread each; SCHEDULER=tcp://host:8786 runs it on a Dask cluster).
+results-run: setup
+	$(PY) -m lorakit.results --dir $(RESULTS_DIR) run $(EXPERIMENT) --workers $(or $(WORKERS),1) \
+	  $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 build-check:
 	rm -rf _build/html _build/.doctrees

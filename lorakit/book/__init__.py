@@ -15,7 +15,8 @@ imports from here (a test enforces the direction).
 * :mod:`lorakit.book.tinyformer` — Chapters 7–9, the tiny ViT (``model``) and its tasks (``task``);
 * :mod:`lorakit.book.measure` — Chapter 7's inference cost (FLOPs, latency);
 * :mod:`lorakit.book.sentences` — Chapter 13's sentence task;
-* :mod:`lorakit.book.bench` — Chapter 14's speed benchmark.
+* :mod:`lorakit.book.bench` — Chapter 14's speed benchmark;
+* :mod:`lorakit.book.text` — :func:`~lorakit.book.text.say`, printed prose wrapped at the site's width.
 
 Nothing is imported here: ``import lorakit.book.transfer`` loads only what it needs.
 """

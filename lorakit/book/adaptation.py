@@ -22,8 +22,7 @@ and its test accuracy after the last. :data:`ADAPTATION` is the :class:`lorakit.
 the stored file ``lorakit/book/results/ch03_adaptation.jsonl`` is (re)made, under the pinned
 numerics, from the repository's root by::
 
-    set -a; source scripts/numerics.env; set +a
-    python -m lorakit.results --dir lorakit/book/results run lorakit.book.adaptation:ADAPTATION --workers 1
+    make results-run EXPERIMENT=lorakit.book.adaptation:ADAPTATION
 """
 
 from __future__ import annotations
@@ -245,8 +244,7 @@ ADAPTATION = Experiment(
 )
 
 #: The committed command that (re)makes the stored file, from the repository root (Chapter 3).
-COMMAND = ("set -a; source scripts/numerics.env; set +a; python -m lorakit.results "
-           "--dir lorakit/book/results run lorakit.book.adaptation:ADAPTATION --workers 1")
+COMMAND = "make results-run EXPERIMENT=lorakit.book.adaptation:ADAPTATION"
 
 
 #: The book's stored results, inside the package so that a wheel (Colab) carries them (Chapter 3).
