@@ -66,6 +66,7 @@ __all__ = [
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
 MergeMode = Literal["auto", True, False]
+EngineName = Literal["auto", "bmm", "vmap"]
 #: ``data(step, generators)`` → a tuple of tensors whose first dimension is ``len(generators)``.
 DataFn = Callable[[int, Sequence[torch.Generator]], Sequence[torch.Tensor]]
 #: ``loss_fn(model, batch)`` → a scalar tensor; ``model(*inputs)`` runs one replica.
@@ -215,6 +216,140 @@ def _functional_twin(model: nn.Module, merge: MergeMode) -> nn.Module:
     return twin
 
 
+# ---------------------------------------------------------------------- the grouped-bmm path
+@dataclass
+class _Dense:
+    """One layer of a :class:`_GroupedStack`, by parameter name (LoRA factors ``A``, ``B`` if any)."""
+
+    W: str
+    b: str | None
+    A: str | None = None
+    B: str | None = None
+    scaling: float = 1.0
+    merge: bool = False
+
+
+_ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
+
+
+class _GroupedStack:
+    """Linear/LoRALinear layers and elementwise activations of K replicas, with a hand-written backward.
+
+    Per-replica weights (trainable, stacked frozen, or merged ``W + s·B A``) are one ``bmm`` per layer;
+    a frozen weight that every replica shares is one ``(k·B × in)`` GEMM. There is no autograd graph and
+    no ``vmap`` in the forward and backward: the activations are saved, the ReLU/tanh are applied in
+    place, no gradient is computed for the input or for frozen tensors. Only the loss (the user's
+    ``loss_fn``) goes through autograd, on the ``(k, B, out)`` output.
+    """
+
+    def __init__(self, ops: list[_Dense | str]) -> None:
+        self.ops = ops
+        self.first = next(i for i, op in enumerate(ops) if isinstance(op, _Dense))
+
+    @staticmethod
+    def build(template: nn.Module, trainable: Sequence[str], merge: MergeMode) -> "_GroupedStack | None":
+        """The stack for ``template``, or None if it is not one (an ``nn.Sequential`` of such layers, or a
+        model whose ``replica_sequence()`` lists them in the order its ``forward`` applies them)."""
+        if hasattr(template, "replica_sequence"):
+            layers = list(template.replica_sequence())
+        elif isinstance(template, nn.Sequential):
+            layers = list(template)
+        else:
+            return None
+        prefix = {id(m): n for n, m in template.named_modules()}
+        train, used = set(trainable), set()
+        ops: list[_Dense | str] = []
+        for m in layers:
+            if type(m) in _ACTIVATION_NAMES:
+                ops.append(_ACTIVATION_NAMES[type(m)])
+                continue
+            if id(m) not in prefix:
+                return None
+            p = prefix[id(m)] + "." if prefix[id(m)] else ""
+            if type(m) is nn.Linear:
+                op = _Dense(p + "weight", None if m.bias is None else p + "bias")
+            elif (type(m) is LoRALinear and type(m.base) is nn.Linear and isinstance(m.dropout, nn.Identity)
+                  and not m.merged and {p + "A", p + "B"} <= train and p + "base.weight" not in train):
+                mg = _merge_pays(m) if merge == "auto" else bool(merge)
+                op = _Dense(p + "base.weight", None if m.base.bias is None else p + "base.bias",
+                            p + "A", p + "B", m.scaling, mg)
+            else:
+                return None  # another module type (or a LoRA layer with dropout, frozen factors, …): use vmap
+            used.update(n for n in (op.W, op.b, op.A, op.B) if n in train)
+            ops.append(op)
+        if used != train or not any(isinstance(op, _Dense) for op in ops):
+            return None  # a trainable tensor the stack does not use: the model is more than this stack
+        return _GroupedStack(ops)
+
+    def step(self, env: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor], X: torch.Tensor,
+             grad_of: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Forward of ``X`` ``(k, B, in)``; ``grad_of(out)`` → dloss/dout; writes ``grads`` (trainable names).
+
+        ``env`` maps every parameter name to its tensor: ``(k, *shape)`` for trainable and stacked frozen
+        tensors, ``shape`` for shared frozen ones.
+        """
+        k = X.shape[0]
+        saved: list[tuple] = []
+        h = X
+        for op in self.ops:
+            if isinstance(op, str):
+                if op != "identity":
+                    fn = torch.relu if op == "relu" else torch.tanh
+                    h = fn(h) if h is X else (h.relu_() if op == "relu" else h.tanh_())
+                saved.append((op, h))
+                continue
+            W, b = env[op.W], None if op.b is None else env[op.b]
+            if op.A is not None and op.merge:  # W + s·B A, one (k, out, in) weight per replica
+                W = torch.baddbmm(W.expand(k, *W.shape[-2:]), env[op.B], env[op.A], alpha=op.scaling)
+            if W.dim() == 3:
+                Wt = W.transpose(1, 2)
+                if b is None:
+                    z = torch.bmm(h, Wt)
+                else:
+                    z = torch.baddbmm(b.unsqueeze(-2) if b.dim() == 2 else b, h, Wt)
+            else:  # a weight every replica shares: one GEMM over all k·B rows
+                h2 = h.reshape(-1, h.shape[-1])
+                shared_bias = b is not None and b.dim() == 1
+                z = (torch.addmm(b, h2, W.t()) if shared_bias else torch.mm(h2, W.t())).view(k, -1, W.shape[0])
+                if b is not None and not shared_bias:
+                    z.add_(b.unsqueeze(1))
+            u = None
+            if op.A is not None and not op.merge:  # plain LoRA: z += (s·x Aᵀ) Bᵀ
+                u = torch.bmm(h, env[op.A].transpose(1, 2)).mul_(op.scaling)
+                z.baddbmm_(u, env[op.B].transpose(1, 2))
+            saved.append((op, h, W, u))
+            h = z
+        g = grad_of(h)
+        for i in range(len(saved) - 1, self.first - 1, -1):
+            if isinstance(saved[i][0], str):
+                act, out = saved[i]
+                if act == "relu":
+                    g = torch.ops.aten.threshold_backward(g, out, 0)
+                elif act == "tanh":
+                    g = g * (1 - out * out)
+                continue
+            op, h_in, W, u = saved[i]
+            if op.b in grads:
+                grads[op.b].copy_(g.sum(1))
+            if op.W in grads or (op.A is not None and op.merge):
+                dW = torch.bmm(g.transpose(1, 2), h_in)  # (k, out, in)
+                if op.W in grads:
+                    grads[op.W].copy_(dW)
+                else:  # d(s·B A): dB = s·dW Aᵀ, dA = s·Bᵀ dW
+                    grads[op.B].copy_(torch.bmm(dW, env[op.A].transpose(1, 2)).mul_(op.scaling))
+                    grads[op.A].copy_(torch.bmm(env[op.B].transpose(1, 2), dW).mul_(op.scaling))
+            du = None
+            if u is not None:
+                grads[op.B].copy_(torch.bmm(g.transpose(1, 2), u))
+                du = torch.bmm(g, env[op.B]).mul_(op.scaling)  # (k, B, r)
+                grads[op.A].copy_(torch.bmm(du.transpose(1, 2), h_in))
+            if i == self.first:
+                break  # no gradient for the input
+            g = torch.bmm(g, W) if W.dim() == 3 else torch.mm(g.reshape(-1, g.shape[-1]), W).view(k, -1, W.shape[1])
+            if du is not None:
+                g.baddbmm_(du, env[op.A])
+
+
 @dataclass
 class ReplicaHistory:
     """What :meth:`ReplicaTrainer.fit` records (Chapter 4).
@@ -262,6 +397,11 @@ class ReplicaTrainer:
             see the module docstring).
         chunk: compute at most this many replicas per vectorised pass (default: all ``K``). Smaller
             chunks keep activations in the CPU cache when ``K × batch`` is large; the result is the same.
+        engine: how a training step is computed. ``"bmm"``: the grouped-``bmm`` path for sequential
+            stacks of ``nn.Linear``/:class:`~lorakit.LoRALinear` layers and ReLU/Tanh/Identity (an
+            ``nn.Sequential``, or a model whose ``replica_sequence()`` returns its layers in order), with a
+            hand-written backward; ``loss_fn`` must call ``model`` once, on ``batch[0]``. ``"vmap"``: any
+            model. ``"auto"`` (default): ``"bmm"`` when the model is such a stack, else ``"vmap"``.
 
     Attributes:
         params: the ``(K, P)`` trainable parameters of all replicas (row ``k`` = replica ``k``).
@@ -297,6 +437,7 @@ class ReplicaTrainer:
         masks: Mapping[str, torch.Tensor] | None = None,
         merge_lora: MergeMode = "auto",
         chunk: int | None = None,
+        engine: EngineName = "auto",
     ) -> None:
         _check_K(K)
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
@@ -306,6 +447,8 @@ class ReplicaTrainer:
             raise ValueError(f"optimizer={optimizer!r} is unknown: use 'sgd', 'adam' or 'adamw'")
         if merge_lora not in ("auto", True, False):
             raise ValueError(f"merge_lora={merge_lora!r} must be 'auto', True or False")
+        if engine not in ("auto", "bmm", "vmap"):
+            raise ValueError(f"engine={engine!r} must be 'auto', 'bmm' or 'vmap'")
         self.seeds = list(range(K)) if seeds is None else [int(s) for s in seeds]
         self.data_seeds = list(self.seeds) if data_seeds is None else [int(s) for s in data_seeds]
         for name, values in (("seeds", self.seeds), ("data_seeds", self.data_seeds)):
@@ -362,6 +505,11 @@ class ReplicaTrainer:
             else:
                 self._stacked[n] = torch.stack(others)
         self.module = _functional_twin(template, merge_lora)
+        self._stack = None if engine == "vmap" else _GroupedStack.build(template, self.names, merge_lora)
+        if engine == "bmm" and self._stack is None:
+            raise ValueError("engine='bmm' needs a sequential stack of nn.Linear/LoRALinear (no dropout, trainable "
+                             "factors) and ReLU/Tanh/Identity layers: use engine='vmap' for this model")
+        self.engine = "vmap" if self._stack is None else "bmm"
         self._template = template
         self.optimizer = ReplicaOptimizer(
             self.params, optimizer, lr=lr_t, weight_decay=wd_t, momentum=momentum, betas=betas, eps=eps
@@ -450,9 +598,39 @@ class ReplicaTrainer:
             self._generators = [torch.Generator().manual_seed(s) for s in self._unique_data_seeds]
         return self._generators
 
+    def _bmm_step(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients and losses by the grouped-bmm path; autograd only through ``loss_fn`` on the output."""
+        grad = torch.empty_like(self.params)
+        losses = torch.empty(self.K, dtype=self.params.dtype)
+
+        def one(out: torch.Tensor, b: Sequence[torch.Tensor]) -> torch.Tensor:
+            def model(*args: Any, **kwargs: Any) -> torch.Tensor:
+                if len(args) != 1 or kwargs or args[0] is not b[0]:
+                    raise ValueError("engine='bmm' computes model(batch[0]) once per step: this loss_fn calls the "
+                                     "model differently, use engine='vmap'")
+                return out
+
+            return loss_fn(model, b)
+
+        for rows in self._chunks():
+            part = tuple(t[rows] for t in batch)
+            env = {**self._shared, **{n: t[rows] for n, t in self._stacked.items()}, **self._views(self.params[rows])}
+
+            def grad_of(out: torch.Tensor, part=part, rows=rows) -> torch.Tensor:
+                out = out.detach().requires_grad_(True)
+                values = vmap(one, randomness="different")(out, part)
+                (g,) = torch.autograd.grad(values.sum(), out)
+                losses[rows] = values.detach()
+                return g
+
+            self._stack.step(env, self._views(grad[rows]), part[0], grad_of)
+        return grad, losses
+
     def step(self, loss_fn: LossFn, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """One optimizer step of every replica on its batch (leading ``K`` dimension); returns the ``(K,)`` losses."""
-        if self.chunk >= self.K:
+        if self._stack is not None:
+            grad, losses = self._bmm_step(loss_fn, batch)
+        elif self.chunk >= self.K:
             flat = self.params.detach().requires_grad_(True)
             losses = self._vmapped(loss_fn, flat, tuple(batch), 0, "different")
             (grad,) = torch.autograd.grad(losses.sum(), flat)
