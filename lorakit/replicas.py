@@ -60,6 +60,7 @@ __all__ = [
     "ReplicaHistory",
     "stacked",
     "shuffled",
+    "blocked",
     "lora_rank_masks",
     "train_one",
 ]
@@ -758,6 +759,51 @@ def shuffled(*tensors: torch.Tensor, batch_size: int) -> DataFn:
                 orders[id(g)] = torch.randperm(n, generator=g)
         idx = torch.stack([orders[id(g)][j * batch_size : (j + 1) * batch_size] for g in generators])
         return tuple(t[idx] for t in tensors)
+
+    return data
+
+
+def blocked(
+    batch_fn: Callable[[torch.Generator, int], Sequence[torch.Tensor] | torch.Tensor],
+    block: int,
+    *,
+    then: Callable[[tuple[torch.Tensor, ...]], Sequence[torch.Tensor]] | None = None,
+) -> DataFn:
+    """Draw ``block`` steps' batches per generator at once, then serve them a step at a time (Chapter 4).
+
+    ``batch_fn(generator, n)`` draws ``n`` consecutive batches (tensors with leading dimension ``n``); the
+    data function calls it once per generator every ``block`` steps, so at ``K`` replicas a step costs
+    ``K / block`` generator calls instead of ``K``. Each replica's stream depends only on its seed and
+    ``block`` (not on ``K`` nor on the other replicas), so a sequential :func:`train_one` run with the
+    same data function sees the same batches. ``then`` maps the stacked block, tensors of shape
+    ``(len(generators), block, …)``, to the tensors served (e.g. labels computed for the whole block in
+    one call). Steps must be requested in order from 0 (as :meth:`ReplicaTrainer.fit` does).
+
+    Example:
+        >>> data = blocked(lambda g, n: torch.randn(n, 8, 3, generator=g), block=4)
+        >>> gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+        >>> [data(step, gens)[0].shape for step in range(2)][1]
+        torch.Size([2, 8, 3])
+    """
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block={block!r} must be an int >= 1 (steps drawn per generator call)")
+    # The current block of each generator list (the list is kept, so that its ids are not reused); a few at most.
+    cache: dict[tuple[int, ...], tuple[tuple[torch.Generator, ...], int, tuple[torch.Tensor, ...]]] = {}
+
+    def data(step: int, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
+        key = tuple(id(g) for g in generators)
+        start = step - step % block
+        if key not in cache or cache[key][1] != start:
+            if step % block and key not in cache:
+                raise ValueError(f"blocked data asked for step {step} first: request steps in order from 0")
+            parts = [batch_fn(g, block) for g in generators]
+            parts = [(p,) if isinstance(p, torch.Tensor) else tuple(p) for p in parts]
+            tensors = tuple(torch.stack(column) for column in zip(*parts))
+            cache.pop(key, None)
+            while len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = (tuple(generators), start, tuple(then(tensors)) if then is not None else tensors)
+        return tuple(t[:, step - start] for t in cache[key][2])
 
     return data
 

@@ -52,7 +52,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from ..io import atomic_write
-from ..replicas import ReplicaTrainer, shuffled, stacked, train_one
+from ..replicas import ReplicaTrainer, blocked, shuffled, train_one
 
 DEFAULT_OUT = Path("bench-results") / "replicas.json"
 LRS = (1e-2, 1e-3, 1e-4)  # the expressive-power grid's learning rates and weight decays (issue 17)
@@ -79,20 +79,37 @@ def _part3_pair(kind: str, seed: int) -> tuple[nn.Module, nn.Module]:
     return target, frozen
 
 
-def _labelled(kind: str, shape: tuple[int, ...]) -> Callable[[Sequence[int]], Callable]:
-    """Fresh Gaussian inputs labelled by the target of each data seed (drawn once per seed, vmapped)."""
+def _labelled(kind: str, shape: tuple[int, ...], block: int) -> Callable[[Sequence[int]], Callable]:
+    """Fresh Gaussian inputs labelled by the target of each data seed.
+
+    Inputs are drawn ``block`` steps at a time per data seed (:func:`lorakit.replicas.blocked`) and the
+    whole block is labelled in one call: the FNN targets by one ``baddbmm`` + ReLU per layer for all
+    seeds, the TFN targets by ``vmap`` over ``functional_call``. The sequential side uses the same function.
+    """
 
     def factory(seeds: Sequence[int]) -> Callable:
         targets = [_part3_pair(kind, s)[0] for s in seeds]
-        params, buffers = stack_module_state(targets)
-        label = vmap(lambda p, b, x: functional_call(targets[0], (p, b), (x,)))
+        if kind == "fnn":
+            Wt = [torch.stack([t.layers[i].weight.detach() for t in targets]).transpose(1, 2)
+                  for i in range(len(targets[0].layers))]
+            b = [torch.stack([t.layers[i].bias.detach() for t in targets]).unsqueeze(1)
+                 for i in range(len(targets[0].layers))]
 
-        def data(step: int, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-            X = torch.stack([torch.randn(shape, generator=g) for g in generators])
+            def label(X: torch.Tensor) -> torch.Tensor:  # (G, rows, D)
+                for W_i, b_i in zip(Wt, b):
+                    X = torch.baddbmm(b_i, X, W_i).relu_()
+                return X
+        else:
+            params, buffers = stack_module_state(targets)
+            label = vmap(lambda p, b, x: functional_call(targets[0], (p, b), (x,)), in_dims=(0, 0, 0))
+            label = (lambda f: lambda X: f(params, buffers, X))(label)
+
+        def then(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            (X,) = tensors  # (G, block, *shape)
             with torch.no_grad():
-                return X, label(params, buffers, X)
+                return X, label(X.flatten(1, 2)).view_as(X)
 
-        return data
+        return blocked(lambda g, n: torch.randn((n, *shape), generator=g), block, then=then)
 
     return factory
 
@@ -106,6 +123,13 @@ def _mlp(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     inject_lora(model, ["0", "2", "4"], r=8, alpha=16, match="exact")
     return model
+
+
+def _mlp_full(seed: int) -> nn.Module:
+    from .lowrank import quickstart_mlp
+
+    torch.manual_seed(seed)  # full training: every weight trainable, one draw per seed
+    return quickstart_mlp()
 
 
 def _vit(seed: int) -> nn.Module:
@@ -131,15 +155,20 @@ def _images(n_classes: int) -> Callable[[Sequence[int]], Callable]:
 
 #: name → (model_fn, loss_fn, data factory (data seeds → data function), optimizer, run_steps)
 MODELS: dict[str, tuple] = {
-    "fnn": (lambda s: _part3_pair("fnn", s)[1], _mse_loss, _labelled("fnn", (256, 16)), "adam", 5000),
-    "tfn": (lambda s: _part3_pair("tfn", s)[1], _mse_loss, _labelled("tfn", (256, 10, 16)), "adam", 5000),
+    "fnn": (lambda s: _part3_pair("fnn", s)[1], _mse_loss, _labelled("fnn", (256, 16), 8), "adam", 5000),
+    "tfn": (lambda s: _part3_pair("tfn", s)[1], _mse_loss, _labelled("tfn", (256, 10, 16), 2), "adam", 5000),
     "mlp": (_mlp, _class_loss, _images(10), "adamw", 1000),
+    "mlp_full": (_mlp_full, _class_loss, _images(10), "adamw", 1000),
     "vit": (_vit, _class_loss, _images(5), "adamw", 1000),
 }
 
 
 #: Replicas per vectorised pass: the larger models' activations for 128 replicas do not fit the cache.
-CHUNK = {"tfn": 32, "mlp": 32, "vit": 32}
+CHUNK = {"tfn": 32, "mlp": 32, "mlp_full": 32, "vit": 32}
+#: Steps per block of drawn data (Part III): replicated timings cover whole blocks.
+BLOCK = {"fnn": 8, "tfn": 2}
+#: Full training of the MLP keeps K copies of 670k parameters and their Adam states: K <= 32.
+MAX_K = {"mlp_full": 32}
 
 
 def _layout(K: int, layout: str) -> tuple[list[int], list[float], list[float]]:
@@ -168,7 +197,9 @@ def _time_sequential(name: str, steps: int) -> float:
 
 def _time_replicas(trainer: ReplicaTrainer, data: Callable, name: str, steps: int) -> float:
     loss_fn = MODELS[name][1]
-    trainer.fit(loss_fn, data, 1, progress=False)  # warm-up
+    block = BLOCK.get(name, 1)
+    trainer.fit(loss_fn, data, block - trainer.step_count % block or block, progress=False)  # warm-up, to a block start
+    steps = -(-steps // block) * block  # whole blocks of drawn data
     start = time.perf_counter()
     trainer.fit(loss_fn, data, steps, progress=False)
     return (time.perf_counter() - start) / steps
@@ -188,64 +219,49 @@ def bench_model(
     optimizer, run_steps = MODELS[name][3], MODELS[name][4]
     rows = []
     for K in Ks:
+        if K > MAX_K.get(name, K):
+            continue
         trainer, data = _trainer(name, K, layout, chunk=CHUNK.get(name))
-        seq, rep = [], []
-        for _ in range(repeats):
+        seq, rep, draw = [], [], []
+        block = BLOCK.get(name, 1)
+        for r in range(repeats):
             seq.append(_time_sequential(name, seq_steps))
             rep.append(_time_replicas(trainer, data, name, rep_steps(K)))
+            gens = [torch.Generator().manual_seed(s) for s in trainer.generator_seeds]
+            start = time.perf_counter()
+            for step in range(block * 2):  # the data function alone (drawing, labelling, serving)
+                batch = data(step, gens)
+                if len(gens) < K:
+                    batch = tuple(t.index_select(0, trainer._data_index) for t in batch)
+            draw.append((time.perf_counter() - start) / (block * 2))
         ratios = [K * s / r for s, r in zip(seq, rep)]
         t_seq, t_rep = statistics.median(seq), statistics.median(rep)
         row = {
             "model": name, "layout": layout, "K": K, "chunk": trainer.chunk, "optimizer": optimizer,
             "run_steps": run_steps,
+            "engine": trainer.engine, "data_block": BLOCK.get(name, 1),
             "sequential_step_ms": 1e3 * t_seq, "replicated_step_ms": 1e3 * t_rep,
+            "replicated_data_ms": 1e3 * statistics.median(draw),
             "sequential_runs_per_s": 1 / (t_seq * run_steps), "replicated_runs_per_s": K / (t_rep * run_steps),
             "ratio": statistics.median(ratios), "ratios": ratios,
         }
         rows.append(row)
-        print(f"{name:4s} {layout:11s} K={K:4d}: one run {1e3 * t_seq:7.3f} ms/step, {K} replicas {1e3 * t_rep:8.3f} "
+        print(f"{name:8s} {layout:11s} {trainer.engine:4s} K={K:4d}: one run {1e3 * t_seq:7.3f} ms/step, {K} replicas {1e3 * t_rep:8.3f} "
               f"ms/step → {row['ratio']:5.3g}× (runs/s {row['sequential_runs_per_s']:.3g} → "
-              f"{row['replicated_runs_per_s']:.3g})", flush=True)
+              f"{row['replicated_runs_per_s']:.3g}); data {row['replicated_data_ms']:.3g} ms/step)", flush=True)
     return rows
 
 
-def _bmm_fnn_step(K: int) -> Callable[[], None]:
-    """A hand-written grouped-bmm Adam step of the FNN benchmark (merged LoRA), for the design comparison."""
-    trainer, data = _trainer("fnn", K, "independent", merge_lora=True)
-    frozen = {**trainer._shared, **trainer._stacked}
-    layers = [(frozen[f"layers.{i}.base.weight"], f"layers.{i}") for i in range(4)]
-    gens = trainer.generators()
-
-    def step() -> None:
-        X, y = data(0, gens)
-        flat = trainer.params.detach().requires_grad_(True)
-        v = trainer._views(flat)
-        x = X
-        for W, prefix in layers:
-            W_eff = torch.baddbmm(W, v[prefix + ".B"], v[prefix + ".A"])
-            x = torch.baddbmm(v[prefix + ".base.bias"].unsqueeze(1), x, W_eff.transpose(1, 2)).relu()
-        loss = (x - y).pow(2).mean((1, 2)).sum()
-        (grad,) = torch.autograd.grad(loss, flat)
-        trainer.optimizer.step(grad)
-
-    return step
-
-
-def design_comparison(K: int = 128, repeats: int = 5, steps: int = 20) -> dict:
-    """Interleaved ms/step of the vmap engine and a hand-written bmm step on the FNN benchmark."""
-    trainer, data = _trainer("fnn", K, "independent")
-    bmm = _bmm_fnn_step(K)
-    vm, bm = [], []
-    bmm()
+def design_comparison(K: int = 128, repeats: int = 5, steps: int = 16) -> dict:
+    """Interleaved ms/step of the two engines (``vmap`` and grouped ``bmm``) on the FNN benchmark, data included."""
+    engines = {e: _trainer("fnn", K, "independent", engine=e) for e in ("vmap", "bmm")}
+    times: dict[str, list[float]] = {e: [] for e in engines}
     for _ in range(repeats):
-        vm.append(_time_replicas(trainer, data, "fnn", steps))
-        start = time.perf_counter()
-        for _ in range(steps):
-            bmm()
-        bm.append((time.perf_counter() - start) / steps)
-    result = {"K": K, "vmap_step_ms": 1e3 * statistics.median(vm), "bmm_step_ms": 1e3 * statistics.median(bm)}
+        for e, (trainer, data) in engines.items():
+            times[e].append(_time_replicas(trainer, data, "fnn", steps))
+    result = {"K": K, **{f"{e}_step_ms": 1e3 * statistics.median(t) for e, t in times.items()}}
     print(f"design, fnn K={K}: vmap engine {result['vmap_step_ms']:.3f} ms/step, "
-          f"hand bmm {result['bmm_step_ms']:.3f} ms/step")
+          f"bmm engine {result['bmm_step_ms']:.3f} ms/step")
     return result
 
 
@@ -257,11 +273,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         fnn  independent K=   1: one run ...
     """
     parser = argparse.ArgumentParser(prog="python -m lorakit.book.replicas_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="fnn,tfn,mlp,vit", help="comma-separated subset of fnn,tfn,mlp,vit")
+    parser.add_argument("--models", default="fnn,tfn,mlp,mlp_full,vit", help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--K", default="1,8,32,128", help="replica counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per K (medians are reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
-    parser.add_argument("--design", action="store_true", help="also compare the vmap engine with hand-written bmm")
+    parser.add_argument("--design", action="store_true", help="also compare the vmap and bmm engines on the FNN")
     parser.add_argument("--quick", action="store_true", help="seconds: fnn only, K in {1, 8}, one round")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON report")
     args = parser.parse_args(argv)
@@ -276,9 +292,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         rows = []
         for name in models:
-            big = name in ("mlp", "vit")
+            big = name in ("mlp", "mlp_full", "vit")
             seq_steps = 5 if args.quick else (20 if big else 200)
-            rep_steps = (lambda K: 3) if args.quick else (lambda K, big=big: max(5, (40 if big else 400) // K))
+            rep_steps = (lambda K: 3) if args.quick else (lambda K, big=big: max(8 if big else 16, (40 if big else 400) // K))
             layouts = ["independent", "grid"] if name in ("fnn", "tfn") and not args.quick else ["independent"]
             for layout in layouts:
                 rows += bench_model(name, Ks, layout=layout, repeats=repeats, seq_steps=seq_steps, rep_steps=rep_steps)
