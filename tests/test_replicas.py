@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lorakit.layer import LoRALinear
-from lorakit.replicas import ReplicaTrainer, blocked, lora_rank_masks, shuffled, stacked, train_one
+from lorakit.replicas import ReplicaTrainer, blocked, lora_rank_masks, mse_loss, shuffled, stacked, train_one
 
 RTOL, ATOL = 1e-5, 1e-6
 STEPS = 40
@@ -164,6 +164,19 @@ def test_book_fnn_uses_the_bmm_engine_and_equals_sequential_runs():
     for k, seed in enumerate([1, 2]):
         _, losses = train_one(fnn, seed, loss_fn, fnn_data, 20, lr=1e-2, optimizer="adam")
         torch.testing.assert_close(history.loss[:, k], torch.tensor(losses), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_bmm_engine_with_the_one_pass_mse_loss_equals_sequential_runs(optimizer):
+    trainer = ReplicaTrainer(lora_net, K=4, seeds=SEEDS, lr=LRS[optimizer], weight_decay=WDS, optimizer=optimizer,
+                             chunk=3)
+    history = trainer.fit(mse_loss, data, STEPS, progress=False)
+    for k, seed in enumerate(SEEDS):
+        model, losses = train_one(lora_net, seed, loss_fn, data, STEPS, lr=LRS[optimizer][k], weight_decay=WDS[k],
+                                  optimizer=optimizer)  # the plain F.mse_loss loss on the sequential side
+        torch.testing.assert_close(history.loss[:, k], torch.tensor(losses), rtol=RTOL, atol=ATOL)
+        for name, value in trainer.state_dict(k).items():
+            torch.testing.assert_close(value, dict(model.named_parameters())[name].detach(), rtol=RTOL, atol=ATOL)
 
 
 def test_bmm_engine_refuses_what_it_cannot_compute():

@@ -52,15 +52,11 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from ..io import atomic_write
-from ..replicas import ReplicaTrainer, blocked, shuffled, train_one
+from ..replicas import ReplicaTrainer, blocked, mse_loss, shuffled, train_one
 
 DEFAULT_OUT = Path("bench-results") / "replicas.json"
 LRS = (1e-2, 1e-3, 1e-4)  # the expressive-power grid's learning rates and weight decays (issue 17)
 WDS = (0.0, 1e-4, 1e-3, 1e-2)
-
-
-def _mse_loss(model, batch):
-    return F.mse_loss(model(batch[0]), batch[1])
 
 
 def _class_loss(model, batch):
@@ -155,8 +151,8 @@ def _images(n_classes: int) -> Callable[[Sequence[int]], Callable]:
 
 #: name → (model_fn, loss_fn, data factory (data seeds → data function), optimizer, run_steps)
 MODELS: dict[str, tuple] = {
-    "fnn": (lambda s: _part3_pair("fnn", s)[1], _mse_loss, _labelled("fnn", (256, 16), 8), "adam", 5000),
-    "tfn": (lambda s: _part3_pair("tfn", s)[1], _mse_loss, _labelled("tfn", (256, 10, 16), 2), "adam", 5000),
+    "fnn": (lambda s: _part3_pair("fnn", s)[1], mse_loss, _labelled("fnn", (256, 16), 8), "adam", 5000),
+    "tfn": (lambda s: _part3_pair("tfn", s)[1], mse_loss, _labelled("tfn", (256, 10, 16), 2), "adam", 5000),
     "mlp": (_mlp, _class_loss, _images(10), "adamw", 1000),
     "mlp_full": (_mlp_full, _class_loss, _images(10), "adamw", 1000),
     "vit": (_vit, _class_loss, _images(5), "adamw", 1000),
