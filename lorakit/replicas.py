@@ -22,17 +22,27 @@ How it is computed:
   size, as in Part III's width-16 nets) or ``W x + s·B(A x)`` ("plain", cheaper for wide layers).
   ``merge_lora="auto"`` picks per layer by a FLOP count.
 
-Why ``vmap`` and not hand-written ``bmm``: both were measured on Part III's width-16, 4-layer ReLU
-FNN with rank-8 LoRA, 128 replicas, one thread, interleaved in one process on the book's 2-core
-machine (``python -m lorakit.replicas_bench --design``). A hand-written grouped-``bmm`` step (merged
-LoRA, ``baddbmm``, in-place ReLU) and this engine's step took about the same time: 22.7 / 19.8 /
-17.6 ms (bmm) against 20.2 / 22.3 / 19.7 ms (vmap) per step for all 128 replicas in three runs; on
-the forward and backward alone the hand-written version was ~20 % faster (9.7 vs 12.0 ms). The
-``vmap`` engine was kept: it runs any ``nn.Module`` unchanged (the FNN, the TFN, the MLP, the ViT),
-where ``bmm`` needs every model rewritten.
-At 128 replicas a step is bound by memory traffic of the elementwise ops (bias, ReLU and their
-gradients over ``K × batch × width`` activations) and by drawing each replica's batch, not by Python
-overhead; this is what limits the speed-up (see the benchmark's report).
+Two engines compute a step (``engine=``):
+
+* ``"bmm"`` (the default where it applies): for a sequential stack of ``nn.Linear`` /
+  :class:`~lorakit.LoRALinear` layers and ReLU/Tanh/Identity — an ``nn.Sequential``, or a model with a
+  ``replica_sequence()`` method such as Part III's FNN — a grouped-``bmm`` forward and a hand-written
+  backward: one ``bmm`` per layer for per-replica weights (merged ``W + s·B A``, trainable or stacked),
+  one ``(K·B × in)`` GEMM for a frozen weight that all replicas share (LoRA fine-tuning on one base),
+  in-place activations, no gradient for the input or frozen tensors, no autograd graph and no ``vmap``
+  except for the user's loss on the ``(K, B, out)`` output — and not even that for :data:`mse_loss`,
+  whose one-pass form gives every loss and its gradient in three elementwise passes;
+* ``"vmap"``: :func:`torch.func.vmap` over :func:`torch.func.functional_call` and one autograd
+  backward, for any ``nn.Module`` (the TFN, the ViT).
+
+Measured on Part III's width-16, 4-layer ReLU FNN with rank-8 LoRA, 128 replicas with independent seeds,
+one thread, interleaved in one process on the book's 2-core machine (``python -m
+lorakit.book.replicas_bench --design``, see its docstring for the numbers): the ``bmm`` engine's step is
+about 1.5–2× faster than ``vmap``'s. What then limits the speed-up at 128 independent replicas is drawing
+the data: ``K × 256 × 16`` fresh Gaussian numbers a step at ~10 ns each (``torch.randn``'s CPU generator)
+plus labelling them, which a single run pays only once; :func:`blocked` removes the per-generator call
+overhead but not the numbers. Replicas that share a data seed (issue 17's grid: the learning-rate ×
+weight-decay replicas of one seed) draw it once.
 
 Different ranks: replicas must share shapes; give the model the largest rank and pass ``masks``
 (see :func:`lora_rank_masks`) so that the extra rows of ``A`` and columns of ``B`` stay zero — with
