@@ -211,7 +211,12 @@ def _trainer(name: str, K: int, layout: str, **kwargs) -> tuple[ReplicaTrainer, 
 def bench_model(
     name: str, Ks: Sequence[int], *, layout: str, repeats: int, seq_steps: int, rep_steps: Callable[[int], int]
 ) -> list[dict]:
-    """One row per ``K``: medians over ``repeats`` alternating rounds of sequential and replicated steps."""
+    """One row per ``K``: medians over ``repeats`` alternating rounds of sequential and replicated steps (Chapter 4).
+
+    Example (seconds):
+        >>> rows = bench_model("fnn", [8], layout="grid", repeats=1, seq_steps=5, rep_steps=lambda K: 8)  # doctest: +SKIP
+        fnn      grid        bmm  K=   8: one run ...
+    """
     optimizer, run_steps = MODELS[name][3], MODELS[name][4]
     rows = []
     for K in Ks:
@@ -249,7 +254,12 @@ def bench_model(
 
 
 def design_comparison(K: int = 128, repeats: int = 5, steps: int = 16) -> dict:
-    """Interleaved ms/step of the two engines (``vmap`` and grouped ``bmm``) on the FNN benchmark, data included."""
+    """Interleaved ms/step of the two engines (``vmap`` and grouped ``bmm``) on the FNN benchmark, data included (Chapter 4).
+
+    Example (a minute):
+        >>> design_comparison(K=128, repeats=3)["bmm_step_ms"] > 0  # doctest: +SKIP
+        design, fnn K=128: vmap engine ...
+    """
     engines = {e: _trainer("fnn", K, "independent", engine=e) for e in ("vmap", "bmm")}
     times: dict[str, list[float]] = {e: [] for e in engines}
     for _ in range(repeats):
@@ -261,8 +271,67 @@ def design_comparison(K: int = 128, repeats: int = 5, steps: int = 16) -> dict:
     return result
 
 
+def mlp_bound(K: int = 8, repeats: int = 5) -> dict:
+    """The most that stacking ``K`` MLP runs can gain: their GEMMs, timed alone, against one run's step (Chapter 4).
+
+    One step of the MLP benchmark (batch 64, 784–512–512–10) is ``gemms`` of ``(rows × in) @ (in × out)``:
+    the three forward products and the two input gradients (LoRA fine-tuning: the frozen ``W`` needs no
+    weight gradient), plus the three weight gradients for full training. Replicas cannot do fewer of
+    these multiply-adds; stacking them only makes the GEMMs taller (``K·64`` rows on one shared ``W``).
+    So ``K`` runs of ``t_seq`` each take at least ``K·t_gemm(K·64 rows)/K`` replicated, and the speed-up is
+    at most ``t_seq / t_gemm``: every other cost of a step (Python, dispatch, the LoRA factors, the
+    optimizer, the elementwise ops) is what replicas can save. Interleaved rounds, medians.
+
+    Example (seconds):
+        >>> mlp_bound(K=8, repeats=1)["mlp"]["max_ratio"] > 0  # doctest: +SKIP
+        bound, mlp K=8: one step ...
+    """
+    sizes = [(784, 512), (512, 512), (512, 10)]
+    Ws = [torch.randn(o, i) for i, o in sizes]
+
+    def gemm_time(rows: int, full: bool) -> float:
+        xs = [torch.randn(rows, i) for i, _ in sizes]
+        gs = [torch.randn(rows, o) for _, o in sizes]
+
+        def run() -> None:
+            for x, W in zip(xs, Ws):
+                torch.mm(x, W.t())  # forward
+            for g, W in zip(gs[1:], Ws[1:]):
+                torch.mm(g, W)  # input gradients of layers 2 and 3
+            if full:
+                for g, x in zip(gs, xs):
+                    torch.mm(g.t(), x)  # weight gradients
+        run()
+        start = time.perf_counter()
+        for _ in range(10):
+            run()
+        return (time.perf_counter() - start) / 10
+
+    flops = {False: 2 * 64 * (sum(i * o for i, o in sizes) + sum(i * o for i, o in sizes[1:])),
+             True: 2 * 64 * (2 * sum(i * o for i, o in sizes) + sum(i * o for i, o in sizes[1:]))}
+    out: dict = {"K": K}
+    for full, name in ((False, "mlp"), (True, "mlp_full")):
+        seq, g1, gK = [], [], []
+        for _ in range(repeats):
+            seq.append(_time_sequential(name, 20))
+            g1.append(gemm_time(64, full))
+            gK.append(gemm_time(K * 64, full) / K)
+        t_seq, t1, tK = (statistics.median(v) for v in (seq, g1, gK))
+        out[name] = {
+            "sequential_step_ms": 1e3 * t_seq, "gemm_ms_64_rows": 1e3 * t1, "gemm_ms_per_replica_stacked": 1e3 * tK,
+            "step_gflops": flops[full] / t_seq / 1e9, "gemm_gflops_64_rows": flops[full] / t1 / 1e9,
+            "gemm_gflops_stacked": flops[full] / tK / 1e9, "max_ratio": t_seq / tK,
+        }
+        r = out[name]
+        print(f"bound, {name} K={K}: one step {r['sequential_step_ms']:.3f} ms ({r['step_gflops']:.3g} GFLOP/s); "
+              f"its GEMMs alone {r['gemm_ms_64_rows']:.3f} ms at 64 rows ({r['gemm_gflops_64_rows']:.3g} GFLOP/s), "
+              f"{r['gemm_ms_per_replica_stacked']:.3f} ms per replica at {K * 64} rows "
+              f"({r['gemm_gflops_stacked']:.3g} GFLOP/s) → speed-up at most {r['max_ratio']:.3g}×", flush=True)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Run the benchmark and write its JSON report; returns the report.
+    """Run the benchmark and write its JSON report; returns the report (Chapter 4).
 
     Example (a few seconds; ``tests/test_replicas.py`` runs it):
         >>> report = main(["--quick"])  # doctest: +SKIP
@@ -274,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per K (medians are reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
     parser.add_argument("--design", action="store_true", help="also compare the vmap and bmm engines on the FNN")
+    parser.add_argument("--bound", action="store_true", help="also time the MLP's GEMMs alone (the speed-up bound)")
     parser.add_argument("--quick", action="store_true", help="seconds: fnn only, K in {1, 8}, one round")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON report")
     args = parser.parse_args(argv)
@@ -297,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         report = {
             "rows": rows,
             "design": design_comparison(repeats=args.repeats) if args.design and not args.quick else None,
+            "bound": mlp_bound(repeats=args.repeats) if args.bound and not args.quick else None,
             "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
             "processor": platform.processor(), "cpus": os.cpu_count(),
             "load_average": list(os.getloadavg()), "quick": args.quick,
