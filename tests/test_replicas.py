@@ -133,11 +133,15 @@ def full_net(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5, bias=False), nn.Tanh(), nn.Linear(5, 2))
 
 
+@pytest.mark.parametrize("columns", [True, False])
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_bmm_engine_full_training_equals_sequential_runs(optimizer):
+def test_bmm_engine_full_training_equals_sequential_runs(optimizer, columns, monkeypatch):
+    from lorakit.replicas import _GroupedStack
+
+    monkeypatch.setattr(_GroupedStack, "COLUMNS_MAX_WIDTH", 64 if columns else 0)  # feature- or row-major
     trainer = ReplicaTrainer(full_net, K=3, seeds=SEEDS[:3], lr=LRS[optimizer][:3], weight_decay=WDS[:3],
                              optimizer=optimizer, chunk=2)
-    assert trainer.engine == "bmm"
+    assert trainer.engine == "bmm" and trainer._stack.columns is columns
     history = trainer.fit(loss_fn, data, STEPS, progress=False)
     for k, seed in enumerate(SEEDS[:3]):
         model, losses = train_one(full_net, seed, loss_fn, data, STEPS, lr=LRS[optimizer][k], weight_decay=WDS[k],
