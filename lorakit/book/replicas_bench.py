@@ -330,6 +330,56 @@ def mlp_bound(K: int = 8, repeats: int = 5) -> dict:
     return out
 
 
+def fnn_bound(K: int = 128, repeats: int = 5) -> dict:
+    """The most that stacking ``K`` FNN runs can gain: their batched products (and draws), timed alone (Chapter 4).
+
+    A step of ``K`` replicas of the FNN benchmark (batch 256, width 16, 4 layers, 2-layer target) needs at
+    least its eleven ``(K, 16, 16) × (K, 16, 256)`` products (4 forward, 4 weight gradients, 3 input
+    gradients, in the engine's feature-major layout) and the target's two for the labels; with independent
+    seeds also ``K × 256 × 16`` fresh normal numbers. ``K`` one-at-a-time runs take ``K·t_seq``; so the
+    speed-up is at most ``K·t_seq / t_products`` (grid: labels for the 11 seeds only; independent: for all ``K``,
+    plus the draws). Interleaved rounds, medians.
+
+    Example (seconds):
+        >>> fnn_bound(K=128, repeats=1)["grid_max_ratio"] > 0  # doctest: +SKIP
+        bound, fnn K=128: ...
+    """
+    D, B = 16, 256
+    W, h = torch.randn(K, D, D), torch.randn(K, D, B)
+    seeds = len(set(_layout(K, "grid")[0]))
+    gens = [torch.Generator().manual_seed(s) for s in range(K)]
+
+    def timed(fn: Callable[[], None], n: int = 10) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n
+
+    def products(count: int, rows: int = K) -> None:
+        for _ in range(count):
+            torch.bmm(W[:rows], h[:rows])
+
+    seq, prod, lab_grid, draw = [], [], [], []
+    for _ in range(repeats):
+        seq.append(_time_sequential("fnn", 200))
+        prod.append(timed(lambda: products(11 + 2)))  # the model's 11 and the labels' 2 (independent)
+        lab_grid.append(timed(lambda: products(11)) + timed(lambda: products(2, seeds)))
+        draw.append(timed(lambda: [torch.randn(B, D, generator=g) for g in gens]))
+    t_seq, t_prod, t_grid, t_draw = (statistics.median(v) for v in (seq, prod, lab_grid, draw))
+    flops = 2 * D * D * B * K * 13
+    out = {
+        "K": K, "sequential_step_ms": 1e3 * t_seq, "products_ms": 1e3 * t_prod, "products_gflops": flops / t_prod / 1e9,
+        "grid_products_ms": 1e3 * t_grid, "draws_ms": 1e3 * t_draw,
+        "grid_max_ratio": K * t_seq / t_grid, "independent_max_ratio": K * t_seq / (t_prod + t_draw),
+    }
+    print(f"bound, fnn K={K}: one run {out['sequential_step_ms']:.3f} ms/step; the batched products alone "
+          f"{out['products_ms']:.3f} ms ({out['products_gflops']:.3g} GFLOP/s), grid {out['grid_products_ms']:.3f} ms; "
+          f"{K} draws {out['draws_ms']:.3f} ms → speed-up at most {out['grid_max_ratio']:.3g}× (grid), "
+          f"{out['independent_max_ratio']:.3g}× (independent)", flush=True)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark and write its JSON report; returns the report (Chapter 4).
 
@@ -343,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per K (medians are reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
     parser.add_argument("--design", action="store_true", help="also compare the vmap and bmm engines on the FNN")
-    parser.add_argument("--bound", action="store_true", help="also time the MLP's GEMMs alone (the speed-up bound)")
+    parser.add_argument("--bound", action="store_true", help="also time the MLP's GEMMs and the FNN's products alone (speed-up bounds)")
     parser.add_argument("--quick", action="store_true", help="seconds: fnn only, K in {1, 8}, one round")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON report")
     args = parser.parse_args(argv)
@@ -367,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         report = {
             "rows": rows,
             "design": design_comparison(repeats=args.repeats) if args.design and not args.quick else None,
-            "bound": mlp_bound(repeats=args.repeats) if args.bound and not args.quick else None,
+            "bound": {"mlp": mlp_bound(repeats=args.repeats), "fnn": fnn_bound(repeats=args.repeats)}
+            if args.bound and not args.quick else None,
             "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
             "processor": platform.processor(), "cpus": os.cpu_count(),
             "load_average": list(os.getloadavg()), "quick": args.quick,
