@@ -12,6 +12,11 @@ report to ``bench-results/replicas.json`` (atomically, :func:`lorakit.io.atomic_
   AdamW, batches of 64 from an in-memory set of 784-pixel images;
 * ``vit`` — the tiny ViT of Part IV with rank-8 LoRA on the attention projections, AdamW, batches of 64.
 
+Both engines of :class:`~lorakit.replicas.ReplicaTrainer` run where they apply: ``bmm`` for the FNN and
+the MLP (sequential stacks), ``vmap`` for the TFN and the ViT; ``--design`` times the two on the FNN. Part
+III's inputs are drawn ``BLOCK`` steps at a time per data seed (:func:`lorakit.replicas.blocked`; the
+stream is the same as one draw per step) and labelled for the whole block at once.
+
 Layouts: ``independent`` — every replica its own seed (its own model draw and batch stream) and its
 own learning rate and weight decay; ``grid`` (Part III only) — as in issue 17's grid, the 3 × 4
 learning-rate × weight-decay replicas of one seed share that seed's model draw and batches. Both
@@ -25,14 +30,25 @@ ratios mean something.
 Runs per second are for a run of ``run_steps`` steps (5000 for Part III's models as in the paper,
 1000 for the MLP and the ViT); the ratio does not depend on it.
 
-Measured on the book's 2-core AMD EPYC machine (one thread each side, load average 2.3–3 from other
-jobs; medians of 3–5 interleaved rounds, 1 December 2026): at K = 128 the FNN runs 9–17× faster
-(independent seeds) and 10–12× (grid layout), the TFN 1.8–2.5×; at K = 8 the MLP 1.1× and the ViT
-1.0×. The small FNN gains most: one run of it is Python- and dispatch-bound (~1.3 ms per step for
-~1 MFLOP), so vectorising removes most of that cost, and what remains at K = 128 is memory traffic
-of the elementwise ops and drawing each replica's batch. One run of the TFN (256 sequences of 10
-tokens), the MLP and the ViT is already compute-bound (~50 GFLOP/s for the MLP at batch 64), so
-stacking replicas can only add GEMM efficiency, not remove work.
+Measured on the book's 2-core AMD EPYC machine (one thread each side, under the pinned numerics, medians
+of 3 interleaved rounds, 1 December 2026; other jobs shared the machine). FNN and MLP at load average
+1.6–2.9 (``--models fnn,mlp --design --bound``): at K = 128 the FNN runs 8.1× faster with independent
+seeds and 14.4× in the grid layout (8.1–11.2× and 12.8–14.4× in three such runs); at K = 8 the MLP
+with LoRA on a shared frozen base 1.55× (1.27–1.55× in three runs, 1.77× at load 5). TFN, full MLP training and ViT at load average 4–6: TFN
+2.9× (independent) and 3.0× (grid) at K = 128; full MLP training 1.24× at K = 8; ViT 1.0× at K = 8,
+1.1× at K = 128. Neither issue-15 target is met. Why (``--bound``, and the FLOP counts of
+``torch.utils.flop_counter``):
+
+* TFN: a step is 57 MFLOP of products plus 35 for the labels; one run took 6.5 ms (14 GFLOP/s) against
+  91 GFLOP/s for a 1024³ ``mm``, interleaved in one process at load 1.9, so even at that peak K replicas gain at most
+  91/14 ≈ 6.5×: 20× is impossible on this CPU.
+* FNN: the products of a 128-replica step alone take ~4 ms (49–64 GFLOP/s) and the independent seeds'
+  fresh normals ~2–6 ms, so 20× is not excluded (ceiling ~29× grid and ~10–30× independent with the rows'
+  one-run times); what the engine spends above that is elementwise memory traffic (ReLU gradients and the
+  loss over ``128 × 256 × 16`` activations: ~0.5–1 ms per pass, against 0.06 ms cache-resident) and allocation.
+* MLP: its GEMMs alone take 1.6–1.7 ms of a 3.2–4.5 ms step at 64 rows and run no faster at 512 rows
+  (70 → 74 GFLOP/s), so stacking can save only the rest: at most 2.6–2.8× (LoRA) and 2.6× (full). 2× is
+  under that ceiling but not reached.
 """
 
 from __future__ import annotations
