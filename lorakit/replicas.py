@@ -349,8 +349,8 @@ class _GroupedStack:
         for i in range(len(saved) - 1, self.first - 1, -1):
             if isinstance(saved[i][0], str):
                 act, out = saved[i]
-                if act == "relu":
-                    g = torch.ops.aten.threshold_backward(g, out, 0)
+                if act == "relu":  # in place: g is this step's own buffer
+                    g = torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
                 elif act == "tanh":
                     g = g * (1 - out * out)
                 continue
@@ -401,8 +401,8 @@ class _GroupedStack:
         for i in range(len(saved) - 1, self.first - 1, -1):
             if isinstance(saved[i][0], str):
                 act, out = saved[i]
-                if act == "relu":
-                    g = torch.ops.aten.threshold_backward(g, out, 0)
+                if act == "relu":  # in place: g is this step's own buffer
+                    g = torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
                 elif act == "tanh":
                     g = g * (1 - out * out)
                 continue
@@ -905,7 +905,8 @@ class _MSELoss:
         """Losses ``(k,)`` and the gradient with respect to ``out`` ``(k, …)`` of the ``k`` replicas' outputs."""
         d = out - batch[1]
         n = d[0].numel()
-        return d.square().flatten(1).mean(1), d.mul_(2.0 / n)
+        flat = d.reshape(d.shape[0], 1, n)  # the squared norm of each replica's row, one pass, no temporary
+        return torch.bmm(flat, flat.transpose(1, 2)).view(-1).div_(n), d.mul_(2.0 / n)
 
     def __repr__(self) -> str:
         return "mse_loss"
