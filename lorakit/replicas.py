@@ -31,17 +31,17 @@ Two engines compute a step (``engine=``):
   one ``(K·B × in)`` GEMM for a frozen weight that all replicas share (LoRA fine-tuning on one base),
   in-place activations, no gradient for the input or frozen tensors, no autograd graph and no ``vmap``
   except for the user's loss on the ``(K, B, out)`` output — and not even that for :data:`mse_loss`,
-  whose one-pass form gives every loss and its gradient in three elementwise passes;
+  whose one-pass form gives every loss and its gradient in two elementwise passes and one ``bmm``;
 * ``"vmap"``: :func:`torch.func.vmap` over :func:`torch.func.functional_call` and one autograd
   backward, for any ``nn.Module`` (the TFN, the ViT).
 
 Measured on Part III's width-16, 4-layer ReLU FNN with rank-8 LoRA, 128 replicas with independent seeds,
 one thread, interleaved in one process on the book's 2-core machine (``python -m
 lorakit.book.replicas_bench --design``; its docstring has the full table): a step of the ``bmm`` engine
-took 16.1 ms against 19.3 ms for ``vmap`` with the data drawn, 13.0 against 19.6 ms on a fixed batch. At
-128 replicas the step (8–11 ms) is 2–3× what its batched products take alone (~4 ms): the rest is
+took 11.0 ms against 17.3 ms for ``vmap`` with the data drawn. At 128 replicas the step (9–14 ms) is
+3–4× what its batched products take alone (~3 ms): the rest is
 elementwise memory traffic over ``128 × 256 × 16`` activations and, with independent seeds, drawing
-``K × 256 × 16`` fresh Gaussian numbers a step (~4 ms: ``torch.randn``'s CPU generator, ~10 ns a number),
+``K × 256 × 16`` fresh Gaussian numbers a step (2–5 ms: ``torch.randn``'s CPU generator),
 which one run pays only for itself. :func:`blocked` removes the per-generator call overhead but not the
 numbers; replicas that share a data seed (issue 17's grid: the learning-rate × weight-decay replicas of
 one seed) draw it once.
@@ -888,9 +888,9 @@ class _MSELoss:
 
     Called as ``mse_loss(model, batch)`` it is an ordinary loss function (for :func:`train_one`, the ``vmap``
     engine, or any loop). The ``bmm`` engine instead calls :meth:`stacked` on the ``(k, …)`` outputs of ``k``
-    replicas: every loss and ``dloss/dout = 2 (out − y) / n`` in three elementwise passes, where autograd
-    through ``vmap(F.mse_loss)`` takes ~10 of them, some over broadcast (stride-0) tensors (measured on
-    Part III's FNN: ~8 ms against ~1 ms per step at 128 replicas of 256 × 16 outputs).
+    replicas: every loss and ``dloss/dout = 2 (out − y) / n`` in two elementwise passes and a ``bmm``,
+    where autograd through ``vmap(F.mse_loss)`` takes ~10 passes, some over broadcast (stride-0) tensors
+    (a microbenchmark of 128 × 256 × 16 outputs at load 4.5: 7.8 ms against 0.8 ms for the one-pass form).
 
     Example:
         >>> out, y = torch.zeros(2, 4, 1), torch.ones(2, 4, 1)

@@ -32,23 +32,23 @@ Runs per second are for a run of ``run_steps`` steps (5000 for Part III's models
 
 Measured on the book's 2-core AMD EPYC machine (one thread each side, under the pinned numerics, medians
 of 3 interleaved rounds, 1 December 2026; other jobs shared the machine). FNN and MLP at load average
-1.6–2.9 (``--models fnn,mlp --design --bound``): at K = 128 the FNN runs 8.1× faster with independent
-seeds and 14.4× in the grid layout (8.1–11.2× and 12.8–14.4× in three such runs); at K = 8 the MLP
-with LoRA on a shared frozen base 1.55× (1.27–1.55× in three runs, 1.77× at load 5). TFN, full MLP training and ViT at load average 4–6: TFN
-2.9× (independent) and 3.0× (grid) at K = 128; full MLP training 1.24× at K = 8; ViT 1.0× at K = 8,
-1.1× at K = 128. Neither issue-15 target is met. Why (``--bound``, and the FLOP counts of
-``torch.utils.flop_counter``):
+2.0–2.3 (``--models fnn,mlp --repeats 3 --design --bound``): at K = 128 the FNN runs 11.1× faster with
+independent seeds and 14.6× in the grid layout (8.1–11.2× and 12.8–14.6× over four such runs); at K = 8
+the MLP with LoRA on a shared frozen base 1.26× (1.26–1.55× over four runs, 1.77× at load 5). TFN, full
+MLP training and ViT at load average 4–6 (the full command): TFN 2.9× (independent) and 3.0× (grid) at
+K = 128; full MLP training 1.24× at K = 8; ViT 1.0× at K = 8, 1.1× at K = 128. Neither issue-15 target
+is met. Why (``--bound``, and the FLOP counts of ``torch.utils.flop_counter``):
 
 * TFN: a step is 57 MFLOP of products plus 35 for the labels; one run took 6.5 ms (14 GFLOP/s) against
-  91 GFLOP/s for a 1024³ ``mm``, interleaved in one process at load 1.9, so even at that peak K replicas gain at most
-  91/14 ≈ 6.5×: 20× is impossible on this CPU.
-* FNN: the products of a 128-replica step alone take ~4 ms (49–64 GFLOP/s) and the independent seeds'
-  fresh normals ~2–6 ms, so 20× is not excluded (ceiling ~29× grid and ~10–30× independent with the rows'
-  one-run times); what the engine spends above that is elementwise memory traffic (ReLU gradients and the
-  loss over ``128 × 256 × 16`` activations: ~0.5–1 ms per pass, against 0.06 ms cache-resident) and allocation.
-* MLP: its GEMMs alone take 1.6–1.7 ms of a 3.2–4.5 ms step at 64 rows and run no faster at 512 rows
-  (70 → 74 GFLOP/s), so stacking can save only the rest: at most 2.6–2.8× (LoRA) and 2.6× (full). 2× is
-  under that ceiling but not reached.
+  91 GFLOP/s for a 1024³ ``mm``, interleaved in one process at load 1.9, so even at that peak K
+  replicas gain at most 91/14 ≈ 6.5×: 20× is impossible on this CPU.
+* FNN: the products of a 128-replica step alone take 2.8–3.2 ms (67 GFLOP/s) and the independent seeds'
+  fresh normals 1.7 ms, so 20× is not excluded (ceiling 36× grid, 20× independent at a one-run step of
+  0.78 ms). The engine's step (9.4 ms grid) spends the rest on elementwise memory traffic (bias, ReLU and
+  loss passes and their gradients over ``128 × 256 × 16`` activations, ~0.5 ms per 2 MB pass) and overhead.
+* MLP: its GEMMs alone take 1.5 ms of a 2.9 ms step at 64 rows and run barely faster at 512 rows (81 → 87
+  GFLOP/s), so stacking can save only the rest: at most 2.1× (LoRA) and 2.3× (full training) in that run
+  (2.1–2.8× over three). 2× would need the replicated step to run at ≥ 95 % of the GEMM-only time.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ MODELS: dict[str, tuple] = {
 }
 
 
-#: Replicas per vectorised pass: 128 replicas' activations do not fit the cache (FNN: 32 measured ~12–25 % faster than 128).
+#: Replicas per vectorised pass: 128 replicas' activations do not fit the cache
+#: (FNN: chunks of 32 measured ~12–25 % faster than 128).
 CHUNK = {"fnn": 32, "tfn": 32, "mlp": 32, "mlp_full": 32, "vit": 32}
 #: Steps per block of drawn data (Part III): replicated timings cover whole blocks.
 BLOCK = {"fnn": 8, "tfn": 2}
@@ -230,7 +231,8 @@ def bench_model(
     """One row per ``K``: medians over ``repeats`` alternating rounds of sequential and replicated steps (Chapter 4).
 
     Example (seconds):
-        >>> rows = bench_model("fnn", [8], layout="grid", repeats=1, seq_steps=5, rep_steps=lambda K: 8)  # doctest: +SKIP
+        >>> rows = bench_model("fnn", [8], layout="grid", repeats=1, seq_steps=5,
+        ...                    rep_steps=lambda K: 8)  # doctest: +SKIP
         fnn      grid        bmm  K=   8: one run ...
     """
     optimizer, run_steps = MODELS[name][3], MODELS[name][4]
@@ -263,14 +265,15 @@ def bench_model(
             "ratio": statistics.median(ratios), "ratios": ratios,
         }
         rows.append(row)
-        print(f"{name:8s} {layout:11s} {trainer.engine:4s} K={K:4d}: one run {1e3 * t_seq:7.3f} ms/step, {K} replicas {1e3 * t_rep:8.3f} "
+        print(f"{name:8s} {layout:11s} {trainer.engine:4s} K={K:4d}: one run {1e3 * t_seq:7.3f} ms/step, "
+              f"{K} replicas {1e3 * t_rep:8.3f} "
               f"ms/step → {row['ratio']:5.3g}× (runs/s {row['sequential_runs_per_s']:.3g} → "
               f"{row['replicated_runs_per_s']:.3g}); data {row['replicated_data_ms']:.3g} ms/step)", flush=True)
     return rows
 
 
 def design_comparison(K: int = 128, repeats: int = 5, steps: int = 16) -> dict:
-    """Interleaved ms/step of the two engines (``vmap`` and grouped ``bmm``) on the FNN benchmark, data included (Chapter 4).
+    """Interleaved ms/step of the ``vmap`` and ``bmm`` engines on the FNN benchmark, data included (Chapter 4).
 
     Example (a minute):
         >>> design_comparison(K=128, repeats=3)["bmm_step_ms"] > 0  # doctest: +SKIP
@@ -404,12 +407,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         fnn  independent K=   1: one run ...
     """
     parser = argparse.ArgumentParser(prog="python -m lorakit.book.replicas_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="fnn,tfn,mlp,mlp_full,vit", help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument("--models", default="fnn,tfn,mlp,mlp_full,vit",
+                        help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--K", default="1,8,32,128", help="replica counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per K (medians are reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
     parser.add_argument("--design", action="store_true", help="also compare the vmap and bmm engines on the FNN")
-    parser.add_argument("--bound", action="store_true", help="also time the MLP's GEMMs and the FNN's products alone (speed-up bounds)")
+    parser.add_argument("--bound", action="store_true",
+                        help="also time the MLP's GEMMs and the FNN's products alone (speed-up bounds)")
     parser.add_argument("--quick", action="store_true", help="seconds: fnn only, K in {1, 8}, one round")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON report")
     args = parser.parse_args(argv)
@@ -426,7 +431,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for name in models:
             big = name in ("mlp", "mlp_full", "vit")
             seq_steps = 5 if args.quick else (20 if big else 200)
-            rep_steps = (lambda K: 3) if args.quick else (lambda K, big=big: max(8 if big else 16, (40 if big else 400) // K))
+            rep_steps = (lambda K: 3) if args.quick else (
+                lambda K, big=big: max(8 if big else 16, (40 if big else 400) // K))
             layouts = ["independent", "grid"] if name in ("fnn", "tfn") and not args.quick else ["independent"]
             for layout in layouts:
                 rows += bench_model(name, Ks, layout=layout, repeats=repeats, seq_steps=seq_steps, rep_steps=rep_steps)
