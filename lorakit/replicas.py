@@ -246,6 +246,13 @@ class _Dense:
 _ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
 
 
+def _activation_backward(act: str, out: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``g`` through the activation whose output was ``out``; ReLU's in place (``g`` is the step's own buffer)."""
+    if act == "relu":
+        return torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
+    return g * (1 - out * out) if act == "tanh" else g
+
+
 class _GroupedStack:
     """Linear/LoRALinear layers and elementwise activations of K replicas, with a hand-written backward.
 
@@ -348,11 +355,7 @@ class _GroupedStack:
         g = grad_of(h)
         for i in range(len(saved) - 1, self.first - 1, -1):
             if isinstance(saved[i][0], str):
-                act, out = saved[i]
-                if act == "relu":  # in place: g is this step's own buffer
-                    g = torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
-                elif act == "tanh":
-                    g = g * (1 - out * out)
+                g = _activation_backward(*saved[i], g)
                 continue
             op, h_in, W, u = saved[i]
             if op.b in grads:
@@ -400,11 +403,7 @@ class _GroupedStack:
         g = grad_of(h.transpose(1, 2)).transpose(1, 2)
         for i in range(len(saved) - 1, self.first - 1, -1):
             if isinstance(saved[i][0], str):
-                act, out = saved[i]
-                if act == "relu":  # in place: g is this step's own buffer
-                    g = torch.ops.aten.threshold_backward.grad_input(g, out, 0, grad_input=g)
-                elif act == "tanh":
-                    g = g * (1 - out * out)
+                g = _activation_backward(*saved[i], g)
                 continue
             op, h_in, W = saved[i]
             if op.b in grads:
@@ -697,7 +696,7 @@ class ReplicaTrainer:
                 values = vmap(one, randomness="different")(out, part)
                 (g,) = torch.autograd.grad(values.sum(), out)
                 losses[rows] = values.detach()
-                return g
+                return g.clone()  # the backward writes into it: never into a tensor autograd may share
 
             self._stack.step(env, self._views(grad[rows]), part[0], grad_of)
         return grad, losses

@@ -200,6 +200,18 @@ def test_bmm_engine_refuses_what_it_cannot_compute():
         trainer.fit(lambda m, b: F.mse_loss(m(b[0] * 1.0), b[1]), data, 1, progress=False)
 
 
+def test_bmm_engine_leaves_a_loss_gradient_that_aliases_the_batch_alone():
+    """d/d out of (out · y).sum() is y itself: the in-place backward must not write into the batch."""
+    X, y = torch.randn(2, 16, 6), torch.randn(2, 16, 2)
+    y0 = y.clone()
+    dot = lambda m, b: (m(b[0]) * b[1]).sum()  # noqa: E731
+    engines = [ReplicaTrainer(lora_net, K=2, lr=1e-2, optimizer="sgd", engine=e) for e in ("bmm", "vmap")]
+    for t in engines:
+        t.step(dot, (X, y))
+    assert torch.equal(y, y0)
+    torch.testing.assert_close(engines[0].params, engines[1].params, rtol=RTOL, atol=ATOL)
+
+
 def test_blocked_streams_equal_per_step_draws():
     per_step = stacked(lambda g: torch.randn(32, 6, generator=g))
     in_blocks = blocked(lambda g, n: torch.randn(n, 32, 6, generator=g), block=3,
