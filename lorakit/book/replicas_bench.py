@@ -31,24 +31,28 @@ Runs per second are for a run of ``run_steps`` steps (5000 for Part III's models
 1000 for the MLP and the ViT); the ratio does not depend on it.
 
 Measured on the book's 2-core AMD EPYC machine (one thread each side, under the pinned numerics, medians
-of 3 interleaved rounds, 1 December 2026; other jobs shared the machine). FNN and MLP at load average
-2.0–2.3 (``--models fnn,mlp --repeats 3 --design --bound``): at K = 128 the FNN runs 11.1× faster with
-independent seeds and 14.6× in the grid layout (8.1–11.2× and 12.8–14.6× over four such runs); at K = 8
-the MLP with LoRA on a shared frozen base 1.26× (1.26–1.55× over four runs, 1.77× at load 5). TFN, full
-MLP training and ViT at load average 4–6 (the full command): TFN 2.9× (independent) and 3.0× (grid) at
-K = 128; full MLP training 1.24× at K = 8; ViT 1.0× at K = 8, 1.1× at K = 128. Neither issue-15 target
-is met. Why (``--bound``, and the FLOP counts of ``torch.utils.flop_counter``):
+of 3 interleaved rounds, ``--repeats 3 --design --bound``, one run of every model at load average 1.3–2.0,
+1 December 2026; other jobs shared the machine). At K = 128: FNN 11.6× with independent seeds and 15.4×
+in the grid layout (8.1–11.6× and 12.8–15.4× over five runs), TFN 1.4× and 2.75× (2.9× and 3.0× at load
+5), ViT 0.96×. At K = 8: MLP with LoRA on a shared frozen base 1.29× (1.26–1.55× over five runs, 1.77× at
+load 5), full MLP training 0.97× (0.58× at K = 32), ViT 0.97×. Neither issue-15 target is met. Why
+(``--bound``, and the FLOP counts of ``torch.utils.flop_counter``):
 
 * TFN: a step is 57 MFLOP of products plus 35 for the labels; one run took 6.5 ms (14 GFLOP/s) against
   91 GFLOP/s for a 1024³ ``mm``, interleaved in one process at load 1.9, so even at that peak K
   replicas gain at most 91/14 ≈ 6.5×: 20× is impossible on this CPU.
-* FNN: the products of a 128-replica step alone take 2.8–3.2 ms (67 GFLOP/s) and the independent seeds'
-  fresh normals 1.7 ms, so 20× is not excluded (ceiling 36× grid, 20× independent at a one-run step of
-  0.78 ms). The engine's step (9.4 ms grid) spends the rest on elementwise memory traffic (bias, ReLU and
+* FNN: the products of a 128-replica step alone take 2.8–3.3 ms (66 GFLOP/s) and the independent seeds'
+  fresh normals 1.8 ms, so 20× is not excluded (ceiling 41× grid, 22× independent at a one-run step of
+  0.9 ms). The engine's step (9.6 ms grid) spends the rest on elementwise memory traffic (bias, ReLU and
   loss passes and their gradients over ``128 × 256 × 16`` activations, ~0.5 ms per 2 MB pass) and overhead.
-* MLP: its GEMMs alone take 1.5 ms of a 2.9 ms step at 64 rows and run barely faster at 512 rows (81 → 87
-  GFLOP/s), so stacking can save only the rest: at most 2.1× (LoRA) and 2.3× (full training) in that run
-  (2.1–2.8× over three). 2× would need the replicated step to run at ≥ 95 % of the GEMM-only time.
+* MLP: its GEMMs alone take ~1.5–1.7 ms of a 2.7–5 ms step at 64 rows and run barely faster at 512 rows
+  (69 → 79 GFLOP/s), so stacking can save only the rest: at most 2.1–3.3× (LoRA) and 2.3–2.8× (full)
+  over three runs. 2× is under that ceiling but not reached: what the replicated step adds to the GEMMs
+  (LoRA factors, the ``vmap``-ed cross-entropy, the optimizer, gathering each replica's batch) is not
+  yet below what one run adds.
+
+``--design`` (vmap against bmm engine on the FNN, 128 independent replicas, unchunked, data included):
+19.3/16.1, 17.3/11.0 and 16.6/16.4 ms per step in three runs, 1.0–1.6×.
 """
 
 from __future__ import annotations
