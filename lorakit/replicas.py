@@ -38,8 +38,8 @@ Two engines compute a step (``engine=``):
 Measured on Part III's width-16, 4-layer ReLU FNN with rank-8 LoRA, 128 replicas with independent seeds,
 one thread, interleaved in one process on the book's 2-core machine (``python -m
 lorakit.book.replicas_bench --design``; its docstring has the full table): a step of the ``bmm`` engine
-took 11.0–16.4 ms against 16.6–19.3 ms for ``vmap`` with the data drawn (1.0–1.6× over three runs). At 128 replicas the step (9–14 ms) is
-3–4× what its batched products take alone (~3 ms): the rest is
+took 11.0–16.4 ms against 16.6–19.3 ms for ``vmap`` with the data drawn (1.0–1.6× over three runs).
+At 128 replicas the step (9–14 ms) is 3–4× what its batched products take alone (~3 ms): the rest is
 elementwise memory traffic over ``128 × 256 × 16`` activations and, with independent seeds, drawing
 ``K × 256 × 16`` fresh Gaussian numbers a step (2–5 ms: ``torch.randn``'s CPU generator),
 which one run pays only for itself. :func:`blocked` removes the per-generator call overhead but not the
