@@ -23,7 +23,7 @@ help:
 	@echo "make notebooks  re-execute the notebooks in place (regenerates stored outputs)"
 	@echo "make results-run EXPERIMENT=module:NAME  create or resume one stored full-scale result"
 	@echo "make solution-checks  print every number the exercise solutions quote (NB=01 for one)"
-	@echo "make bench      benchmark LoRA vs full fine-tuning vs peft (JSON report in bench-results/)"
+	@echo "make bench      benchmark LoRA vs full fine-tuning vs peft, and K replicas vs K runs (JSON in bench-results/)"
 	@echo "make lock       re-resolve requirements/requirements.in into requirements/lock.txt"
 
 setup:
@@ -85,6 +85,7 @@ solution-checks: setup
 
 bench: setup
 	$(PY) -m lorakit.book.bench
+	$(PY) -m lorakit.book.replicas_bench
 
 lock:
 	rm -rf .lock-venv && python3 -m venv .lock-venv

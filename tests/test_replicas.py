@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lorakit.layer import LoRALinear
-from lorakit.replicas import ReplicaTrainer, lora_rank_masks, shuffled, stacked, train_one
+from lorakit.replicas import ReplicaTrainer, blocked, lora_rank_masks, mse_loss, shuffled, stacked, train_one
 
 RTOL, ATOL = 1e-5, 1e-6
 STEPS = 40
@@ -55,14 +55,16 @@ LRS = {"sgd": [0.2, 0.1, 0.05, 0.3], "adam": [1e-2, 3e-3, 1e-3, 2e-2], "adamw": 
 WDS = [0.0, 0.01, 0.1, 0.05]
 
 
+@pytest.mark.parametrize("engine", ["bmm", "vmap"])
 @pytest.mark.parametrize("merge, chunk", [(True, None), (False, None), ("auto", 3)])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_replicas_equal_sequential_runs(optimizer, merge, chunk):
+def test_replicas_equal_sequential_runs(optimizer, merge, chunk, engine):
     extra = {"momentum": 0.9} if optimizer == "sgd" else {}
     trainer = ReplicaTrainer(
         lora_net, K=4, seeds=SEEDS, lr=LRS[optimizer], weight_decay=WDS, optimizer=optimizer, merge_lora=merge,
-        chunk=chunk, **extra
+        chunk=chunk, engine=engine, **extra
     )
+    assert trainer.engine == engine
     history = trainer.fit(loss_fn, data, STEPS, progress=False)
     assert history.loss.shape == (STEPS, 4)
     assert "0.base.weight" in trainer._shared  # the equal frozen weights are shared, not stacked
@@ -78,9 +80,10 @@ def test_replicas_equal_sequential_runs(optimizer, merge, chunk):
             torch.testing.assert_close(value, reference[name].detach(), rtol=RTOL, atol=ATOL, msg=name)
 
 
-def test_stacked_frozen_weights_and_module_of():
+@pytest.mark.parametrize("engine", ["bmm", "vmap"])
+def test_stacked_frozen_weights_and_module_of(engine):
     fn = lambda s: lora_net(s, shared_base=False)  # noqa: E731
-    trainer = ReplicaTrainer(fn, K=3, seeds=[2, 1, 0], lr=1e-2, optimizer="adam", chunk=2)
+    trainer = ReplicaTrainer(fn, K=3, seeds=[2, 1, 0], lr=1e-2, optimizer="adam", chunk=2, engine=engine)
     assert "0.base.weight" in trainer._stacked
     trainer.fit(loss_fn, data, 10, progress=False)
     model, _ = train_one(fn, 1, loss_fn, data, 10, lr=1e-2, optimizer="adam")
@@ -124,6 +127,104 @@ def test_rank_masks_give_a_lower_rank_model():
     torch.testing.assert_close(A[:1], model[0].A.detach(), rtol=RTOL, atol=ATOL)
 
 
+def full_net(seed: int) -> nn.Module:
+    """Every weight trainable (full training), no LoRA."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5, bias=False), nn.Tanh(), nn.Linear(5, 2))
+
+
+@pytest.mark.parametrize("columns", [True, False])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_bmm_engine_full_training_equals_sequential_runs(optimizer, columns, monkeypatch):
+    from lorakit.replicas import _GroupedStack
+
+    monkeypatch.setattr(_GroupedStack, "COLUMNS_MAX_WIDTH", 64 if columns else 0)  # feature- or row-major
+    trainer = ReplicaTrainer(full_net, K=3, seeds=SEEDS[:3], lr=LRS[optimizer][:3], weight_decay=WDS[:3],
+                             optimizer=optimizer, chunk=2)
+    assert trainer.engine == "bmm" and trainer._stack.columns is columns
+    history = trainer.fit(loss_fn, data, STEPS, progress=False)
+    for k, seed in enumerate(SEEDS[:3]):
+        model, losses = train_one(full_net, seed, loss_fn, data, STEPS, lr=LRS[optimizer][k], weight_decay=WDS[k],
+                                  optimizer=optimizer)
+        torch.testing.assert_close(history.loss[:, k], torch.tensor(losses), rtol=RTOL, atol=ATOL)
+        for name, value in trainer.state_dict(k).items():
+            torch.testing.assert_close(value, dict(model.named_parameters())[name].detach(), rtol=RTOL, atol=ATOL)
+
+
+def test_book_fnn_uses_the_bmm_engine_and_equals_sequential_runs():
+    from lorakit.book.expressive.methods import trainable_parameters
+    from lorakit.book.expressive.models import make_fnn_pair
+
+    def fnn(seed):
+        frozen = make_fnn_pair(6, 1, 2, 3, seed=seed)[1]
+        trainable_parameters(frozen, "sgd")
+        return frozen
+
+    target = make_fnn_pair(6, 1, 2, 3, seed=0)[0]
+    fnn_data = stacked(lambda g: (X := torch.randn(32, 6, generator=g), target(X).detach()))
+    trainer = ReplicaTrainer(fnn, K=2, seeds=[1, 2], lr=1e-2, optimizer="adam")
+    assert trainer.engine == "bmm"
+    history = trainer.fit(loss_fn, fnn_data, 20, progress=False)
+    for k, seed in enumerate([1, 2]):
+        _, losses = train_one(fnn, seed, loss_fn, fnn_data, 20, lr=1e-2, optimizer="adam")
+        torch.testing.assert_close(history.loss[:, k], torch.tensor(losses), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_bmm_engine_with_the_one_pass_mse_loss_equals_sequential_runs(optimizer):
+    trainer = ReplicaTrainer(lora_net, K=4, seeds=SEEDS, lr=LRS[optimizer], weight_decay=WDS, optimizer=optimizer,
+                             chunk=3)
+    history = trainer.fit(mse_loss, data, STEPS, progress=False)
+    for k, seed in enumerate(SEEDS):
+        model, losses = train_one(lora_net, seed, loss_fn, data, STEPS, lr=LRS[optimizer][k], weight_decay=WDS[k],
+                                  optimizer=optimizer)  # the plain F.mse_loss loss on the sequential side
+        torch.testing.assert_close(history.loss[:, k], torch.tensor(losses), rtol=RTOL, atol=ATOL)
+        for name, value in trainer.state_dict(k).items():
+            torch.testing.assert_close(value, dict(model.named_parameters())[name].detach(), rtol=RTOL, atol=ATOL)
+
+
+def test_bmm_engine_refuses_what_it_cannot_compute():
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = lora_net(0)
+
+        def forward(self, x):
+            return self.net(x) * 2
+
+    with pytest.raises(ValueError, match="engine='bmm' needs a sequential stack"):
+        ReplicaTrainer(lambda s: Wrapped(), K=2, engine="bmm")
+    assert ReplicaTrainer(lambda s: Wrapped(), K=2).engine == "vmap"
+    trainer = ReplicaTrainer(lora_net, K=2)
+    with pytest.raises(ValueError, match="calls the model differently"):
+        trainer.fit(lambda m, b: F.mse_loss(m(b[0] * 1.0), b[1]), data, 1, progress=False)
+
+
+def test_bmm_engine_leaves_a_loss_gradient_that_aliases_the_batch_alone():
+    """d/d out of (out · y).sum() is y itself: the in-place backward must not write into the batch."""
+    X, y = torch.randn(2, 16, 6), torch.randn(2, 16, 2)
+    y0 = y.clone()
+    dot = lambda m, b: (m(b[0]) * b[1]).sum()  # noqa: E731
+    engines = [ReplicaTrainer(lora_net, K=2, lr=1e-2, optimizer="sgd", engine=e) for e in ("bmm", "vmap")]
+    for t in engines:
+        t.step(dot, (X, y))
+    assert torch.equal(y, y0)
+    torch.testing.assert_close(engines[0].params, engines[1].params, rtol=RTOL, atol=ATOL)
+
+
+def test_blocked_streams_equal_per_step_draws():
+    per_step = stacked(lambda g: torch.randn(32, 6, generator=g))
+    in_blocks = blocked(lambda g, n: torch.randn(n, 32, 6, generator=g), block=3,
+                        then=lambda t: (t[0], t[0].sum(-1)))
+    g1 = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    g2 = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    for step in range(7):
+        X, total = in_blocks(step, g1)
+        assert torch.equal(X, per_step(step, g2)[0]) and torch.equal(total, X.sum(-1))
+    with pytest.raises(ValueError, match="request steps in order"):
+        blocked(lambda g, n: torch.randn(n, 2, generator=g), block=3)(1, g1)
+
+
 def test_shuffled_gives_each_replica_its_own_order():
     X = torch.arange(12.0).unsqueeze(1)
     d = shuffled(X, batch_size=4)
@@ -156,6 +257,7 @@ def test_eval_hook_and_history():
         ({"K": 2, "masks": {"0.base.weight": torch.ones(2, 6, 6)}}, "are not trainable parameters"),
         ({"K": 2, "chunk": 0}, "chunk=0 must be None or an int >= 1"),
         ({"K": 2, "merge_lora": "yes"}, "merge_lora='yes' must be"),
+        ({"K": 2, "engine": "jit"}, "engine='jit' must be"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -12,6 +12,11 @@ report to ``bench-results/replicas.json`` (atomically, :func:`lorakit.io.atomic_
   AdamW, batches of 64 from an in-memory set of 784-pixel images;
 * ``vit`` — the tiny ViT of Part IV with rank-8 LoRA on the attention projections, AdamW, batches of 64.
 
+Both engines of :class:`~lorakit.replicas.ReplicaTrainer` run where they apply: ``bmm`` for the FNN and
+the MLP (sequential stacks), ``vmap`` for the TFN and the ViT; ``--design`` times the two on the FNN. Part
+III's inputs are drawn ``BLOCK`` steps at a time per data seed (:func:`lorakit.replicas.blocked`; the
+stream is the same as one draw per step) and labelled for the whole block at once.
+
 Layouts: ``independent`` — every replica its own seed (its own model draw and batch stream) and its
 own learning rate and weight decay; ``grid`` (Part III only) — as in issue 17's grid, the 3 × 4
 learning-rate × weight-decay replicas of one seed share that seed's model draw and batches. Both
@@ -25,14 +30,29 @@ ratios mean something.
 Runs per second are for a run of ``run_steps`` steps (5000 for Part III's models as in the paper,
 1000 for the MLP and the ViT); the ratio does not depend on it.
 
-Measured on the book's 2-core AMD EPYC machine (one thread each side, load average 2.3–3 from other
-jobs; medians of 3–5 interleaved rounds, 1 December 2026): at K = 128 the FNN runs 9–17× faster
-(independent seeds) and 10–12× (grid layout), the TFN 1.8–2.5×; at K = 8 the MLP 1.1× and the ViT
-1.0×. The small FNN gains most: one run of it is Python- and dispatch-bound (~1.3 ms per step for
-~1 MFLOP), so vectorising removes most of that cost, and what remains at K = 128 is memory traffic
-of the elementwise ops and drawing each replica's batch. One run of the TFN (256 sequences of 10
-tokens), the MLP and the ViT is already compute-bound (~50 GFLOP/s for the MLP at batch 64), so
-stacking replicas can only add GEMM efficiency, not remove work.
+Measured on the book's 2-core AMD EPYC machine (one thread each side, under the pinned numerics, medians
+of 3 interleaved rounds, ``--repeats 3 --design --bound``, one run of every model at load average 1.3–2.0,
+1 December 2026; other jobs shared the machine). At K = 128: FNN 11.6× with independent seeds and 15.4×
+in the grid layout (8.1–11.6× and 12.8–15.4× over five runs), TFN 1.4× and 2.75× (2.9× and 3.0× at load
+5), ViT 0.96×. At K = 8: MLP with LoRA on a shared frozen base 1.29× (1.26–1.55× over five runs, 1.77× at
+load 5), full MLP training 0.97× (0.58× at K = 32), ViT 0.97×. Neither issue-15 target is met. Why
+(``--bound``, and the FLOP counts of ``torch.utils.flop_counter``):
+
+* TFN: a step is 57 MFLOP of products plus 35 for the labels; one run took 6.5 ms (14 GFLOP/s) against
+  91 GFLOP/s for a 1024³ ``mm``, interleaved in one process at load 1.9, so even at that peak K
+  replicas gain at most 91/14 ≈ 6.5×: 20× is impossible on this CPU.
+* FNN: the products of a 128-replica step alone take 2.8–3.3 ms (66 GFLOP/s) and the independent seeds'
+  fresh normals 1.8 ms, so 20× is not excluded (ceiling 41× grid, 22× independent at a one-run step of
+  0.9 ms). The engine's step (9.6 ms grid) spends the rest on elementwise memory traffic (bias, ReLU and
+  loss passes and their gradients over ``128 × 256 × 16`` activations, ~0.5 ms per 2 MB pass) and overhead.
+* MLP: its GEMMs alone take ~1.5–1.7 ms of a 2.7–5 ms step at 64 rows and run barely faster at 512 rows
+  (69 → 79 GFLOP/s), so stacking can save only the rest: at most 2.1–3.3× (LoRA) and 2.3–2.8× (full)
+  over three runs. 2× is under that ceiling but not reached: what the replicated step adds to the GEMMs
+  (LoRA factors, the ``vmap``-ed cross-entropy, the optimizer, gathering each replica's batch) is not
+  yet below what one run adds.
+
+``--design`` (vmap against bmm engine on the FNN, 128 independent replicas, unchunked, data included):
+19.3/16.1, 17.3/11.0 and 16.6/16.4 ms per step in three runs, 1.0–1.6×.
 """
 
 from __future__ import annotations
@@ -52,15 +72,11 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from ..io import atomic_write
-from ..replicas import ReplicaTrainer, shuffled, stacked, train_one
+from ..replicas import ReplicaTrainer, blocked, mse_loss, shuffled, train_one
 
 DEFAULT_OUT = Path("bench-results") / "replicas.json"
 LRS = (1e-2, 1e-3, 1e-4)  # the expressive-power grid's learning rates and weight decays (issue 17)
 WDS = (0.0, 1e-4, 1e-3, 1e-2)
-
-
-def _mse_loss(model, batch):
-    return F.mse_loss(model(batch[0]), batch[1])
 
 
 def _class_loss(model, batch):
@@ -79,20 +95,37 @@ def _part3_pair(kind: str, seed: int) -> tuple[nn.Module, nn.Module]:
     return target, frozen
 
 
-def _labelled(kind: str, shape: tuple[int, ...]) -> Callable[[Sequence[int]], Callable]:
-    """Fresh Gaussian inputs labelled by the target of each data seed (drawn once per seed, vmapped)."""
+def _labelled(kind: str, shape: tuple[int, ...], block: int) -> Callable[[Sequence[int]], Callable]:
+    """Fresh Gaussian inputs labelled by the target of each data seed.
+
+    Inputs are drawn ``block`` steps at a time per data seed (:func:`lorakit.replicas.blocked`) and the
+    whole block is labelled in one call: the FNN targets by one ``baddbmm`` + ReLU per layer for all
+    seeds, the TFN targets by ``vmap`` over ``functional_call``. The sequential side uses the same function.
+    """
 
     def factory(seeds: Sequence[int]) -> Callable:
         targets = [_part3_pair(kind, s)[0] for s in seeds]
-        params, buffers = stack_module_state(targets)
-        label = vmap(lambda p, b, x: functional_call(targets[0], (p, b), (x,)))
+        if kind == "fnn":
+            Wt = [torch.stack([t.layers[i].weight.detach() for t in targets]).transpose(1, 2)
+                  for i in range(len(targets[0].layers))]
+            b = [torch.stack([t.layers[i].bias.detach() for t in targets]).unsqueeze(1)
+                 for i in range(len(targets[0].layers))]
 
-        def data(step: int, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
-            X = torch.stack([torch.randn(shape, generator=g) for g in generators])
+            def label(X: torch.Tensor) -> torch.Tensor:  # (G, rows, D)
+                for W_i, b_i in zip(Wt, b):
+                    X = torch.baddbmm(b_i, X, W_i).relu_()
+                return X
+        else:
+            params, buffers = stack_module_state(targets)
+            label = vmap(lambda p, b, x: functional_call(targets[0], (p, b), (x,)), in_dims=(0, 0, 0))
+            label = (lambda f: lambda X: f(params, buffers, X))(label)
+
+        def then(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+            (X,) = tensors  # (G, block, *shape)
             with torch.no_grad():
-                return X, label(params, buffers, X)
+                return X, label(X.flatten(1, 2)).view_as(X)
 
-        return data
+        return blocked(lambda g, n: torch.randn((n, *shape), generator=g), block, then=then)
 
     return factory
 
@@ -106,6 +139,13 @@ def _mlp(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     inject_lora(model, ["0", "2", "4"], r=8, alpha=16, match="exact")
     return model
+
+
+def _mlp_full(seed: int) -> nn.Module:
+    from .lowrank import quickstart_mlp
+
+    torch.manual_seed(seed)  # full training: every weight trainable, one draw per seed
+    return quickstart_mlp()
 
 
 def _vit(seed: int) -> nn.Module:
@@ -131,15 +171,21 @@ def _images(n_classes: int) -> Callable[[Sequence[int]], Callable]:
 
 #: name → (model_fn, loss_fn, data factory (data seeds → data function), optimizer, run_steps)
 MODELS: dict[str, tuple] = {
-    "fnn": (lambda s: _part3_pair("fnn", s)[1], _mse_loss, _labelled("fnn", (256, 16)), "adam", 5000),
-    "tfn": (lambda s: _part3_pair("tfn", s)[1], _mse_loss, _labelled("tfn", (256, 10, 16)), "adam", 5000),
+    "fnn": (lambda s: _part3_pair("fnn", s)[1], mse_loss, _labelled("fnn", (256, 16), 8), "adam", 5000),
+    "tfn": (lambda s: _part3_pair("tfn", s)[1], mse_loss, _labelled("tfn", (256, 10, 16), 2), "adam", 5000),
     "mlp": (_mlp, _class_loss, _images(10), "adamw", 1000),
+    "mlp_full": (_mlp_full, _class_loss, _images(10), "adamw", 1000),
     "vit": (_vit, _class_loss, _images(5), "adamw", 1000),
 }
 
 
-#: Replicas per vectorised pass: the larger models' activations for 128 replicas do not fit the cache.
-CHUNK = {"tfn": 32, "mlp": 32, "vit": 32}
+#: Replicas per vectorised pass: 128 replicas' activations do not fit the cache
+#: (FNN: chunks of 32 measured ~12–25 % faster than 128).
+CHUNK = {"fnn": 32, "tfn": 32, "mlp": 32, "mlp_full": 32, "vit": 32}
+#: Steps per block of drawn data (Part III): replicated timings cover whole blocks.
+BLOCK = {"fnn": 8, "tfn": 2}
+#: Full training of the MLP keeps K copies of 670k parameters and their Adam states: K <= 32.
+MAX_K = {"mlp_full": 32}
 
 
 def _layout(K: int, layout: str) -> tuple[list[int], list[float], list[float]]:
@@ -168,7 +214,9 @@ def _time_sequential(name: str, steps: int) -> float:
 
 def _time_replicas(trainer: ReplicaTrainer, data: Callable, name: str, steps: int) -> float:
     loss_fn = MODELS[name][1]
-    trainer.fit(loss_fn, data, 1, progress=False)  # warm-up
+    block = BLOCK.get(name, 1)
+    trainer.fit(loss_fn, data, block - trainer.step_count % block or block, progress=False)  # warm-up, to a block start
+    steps = -(-steps // block) * block  # whole blocks of drawn data
     start = time.perf_counter()
     trainer.fit(loss_fn, data, steps, progress=False)
     return (time.perf_counter() - start) / steps
@@ -184,84 +232,193 @@ def _trainer(name: str, K: int, layout: str, **kwargs) -> tuple[ReplicaTrainer, 
 def bench_model(
     name: str, Ks: Sequence[int], *, layout: str, repeats: int, seq_steps: int, rep_steps: Callable[[int], int]
 ) -> list[dict]:
-    """One row per ``K``: medians over ``repeats`` alternating rounds of sequential and replicated steps."""
+    """One row per ``K``: medians over ``repeats`` alternating rounds of sequential and replicated steps (Chapter 4).
+
+    Example (seconds):
+        >>> rows = bench_model("fnn", [8], layout="grid", repeats=1, seq_steps=5,
+        ...                    rep_steps=lambda K: 8)  # doctest: +SKIP
+        fnn      grid        bmm  K=   8: one run ...
+    """
     optimizer, run_steps = MODELS[name][3], MODELS[name][4]
     rows = []
     for K in Ks:
+        if K > MAX_K.get(name, K):
+            continue
         trainer, data = _trainer(name, K, layout, chunk=CHUNK.get(name))
-        seq, rep = [], []
-        for _ in range(repeats):
+        seq, rep, draw = [], [], []
+        block = BLOCK.get(name, 1)
+        for r in range(repeats):
             seq.append(_time_sequential(name, seq_steps))
             rep.append(_time_replicas(trainer, data, name, rep_steps(K)))
+            gens = [torch.Generator().manual_seed(s) for s in trainer.generator_seeds]
+            start = time.perf_counter()
+            for step in range(block * 2):  # the data function alone (drawing, labelling, serving)
+                batch = data(step, gens)
+                if len(gens) < K:
+                    batch = tuple(t.index_select(0, trainer._data_index) for t in batch)
+            draw.append((time.perf_counter() - start) / (block * 2))
         ratios = [K * s / r for s, r in zip(seq, rep)]
         t_seq, t_rep = statistics.median(seq), statistics.median(rep)
         row = {
             "model": name, "layout": layout, "K": K, "chunk": trainer.chunk, "optimizer": optimizer,
             "run_steps": run_steps,
+            "engine": trainer.engine, "data_block": BLOCK.get(name, 1),
             "sequential_step_ms": 1e3 * t_seq, "replicated_step_ms": 1e3 * t_rep,
+            "replicated_data_ms": 1e3 * statistics.median(draw),
             "sequential_runs_per_s": 1 / (t_seq * run_steps), "replicated_runs_per_s": K / (t_rep * run_steps),
             "ratio": statistics.median(ratios), "ratios": ratios,
         }
         rows.append(row)
-        print(f"{name:4s} {layout:11s} K={K:4d}: one run {1e3 * t_seq:7.3f} ms/step, {K} replicas {1e3 * t_rep:8.3f} "
+        print(f"{name:8s} {layout:11s} {trainer.engine:4s} K={K:4d}: one run {1e3 * t_seq:7.3f} ms/step, "
+              f"{K} replicas {1e3 * t_rep:8.3f} "
               f"ms/step → {row['ratio']:5.3g}× (runs/s {row['sequential_runs_per_s']:.3g} → "
-              f"{row['replicated_runs_per_s']:.3g})", flush=True)
+              f"{row['replicated_runs_per_s']:.3g}); data {row['replicated_data_ms']:.3g} ms/step)", flush=True)
     return rows
 
 
-def _bmm_fnn_step(K: int) -> Callable[[], None]:
-    """A hand-written grouped-bmm Adam step of the FNN benchmark (merged LoRA), for the design comparison."""
-    trainer, data = _trainer("fnn", K, "independent", merge_lora=True)
-    frozen = {**trainer._shared, **trainer._stacked}
-    layers = [(frozen[f"layers.{i}.base.weight"], f"layers.{i}") for i in range(4)]
-    gens = trainer.generators()
+def design_comparison(K: int = 128, repeats: int = 5, steps: int = 16) -> dict:
+    """Interleaved ms/step of the ``vmap`` and ``bmm`` engines on the FNN benchmark, data included (Chapter 4).
 
-    def step() -> None:
-        X, y = data(0, gens)
-        flat = trainer.params.detach().requires_grad_(True)
-        v = trainer._views(flat)
-        x = X
-        for W, prefix in layers:
-            W_eff = torch.baddbmm(W, v[prefix + ".B"], v[prefix + ".A"])
-            x = torch.baddbmm(v[prefix + ".base.bias"].unsqueeze(1), x, W_eff.transpose(1, 2)).relu()
-        loss = (x - y).pow(2).mean((1, 2)).sum()
-        (grad,) = torch.autograd.grad(loss, flat)
-        trainer.optimizer.step(grad)
-
-    return step
-
-
-def design_comparison(K: int = 128, repeats: int = 5, steps: int = 20) -> dict:
-    """Interleaved ms/step of the vmap engine and a hand-written bmm step on the FNN benchmark."""
-    trainer, data = _trainer("fnn", K, "independent")
-    bmm = _bmm_fnn_step(K)
-    vm, bm = [], []
-    bmm()
+    Example (a minute):
+        >>> design_comparison(K=128, repeats=3)["bmm_step_ms"] > 0  # doctest: +SKIP
+        design, fnn K=128: vmap engine ...
+    """
+    engines = {e: _trainer("fnn", K, "independent", engine=e) for e in ("vmap", "bmm")}
+    times: dict[str, list[float]] = {e: [] for e in engines}
     for _ in range(repeats):
-        vm.append(_time_replicas(trainer, data, "fnn", steps))
-        start = time.perf_counter()
-        for _ in range(steps):
-            bmm()
-        bm.append((time.perf_counter() - start) / steps)
-    result = {"K": K, "vmap_step_ms": 1e3 * statistics.median(vm), "bmm_step_ms": 1e3 * statistics.median(bm)}
+        for e, (trainer, data) in engines.items():
+            times[e].append(_time_replicas(trainer, data, "fnn", steps))
+    result = {"K": K, **{f"{e}_step_ms": 1e3 * statistics.median(t) for e, t in times.items()}}
     print(f"design, fnn K={K}: vmap engine {result['vmap_step_ms']:.3f} ms/step, "
-          f"hand bmm {result['bmm_step_ms']:.3f} ms/step")
+          f"bmm engine {result['bmm_step_ms']:.3f} ms/step")
     return result
 
 
+def mlp_bound(K: int = 8, repeats: int = 5) -> dict:
+    """The most that stacking ``K`` MLP runs can gain: their GEMMs, timed alone, against one run's step (Chapter 4).
+
+    One step of the MLP benchmark (batch 64, 784–512–512–10) is ``gemms`` of ``(rows × in) @ (in × out)``:
+    the three forward products and the two input gradients (LoRA fine-tuning: the frozen ``W`` needs no
+    weight gradient), plus the three weight gradients for full training. Replicas cannot do fewer of
+    these multiply-adds; stacking them only makes the GEMMs taller (``K·64`` rows on one shared ``W``).
+    So ``K`` runs of ``t_seq`` each take at least ``K·t_gemm(K·64 rows)/K`` replicated, and the speed-up is
+    at most ``t_seq / t_gemm``: every other cost of a step (Python, dispatch, the LoRA factors, the
+    optimizer, the elementwise ops) is what replicas can save. Interleaved rounds, medians.
+
+    Example (seconds):
+        >>> mlp_bound(K=8, repeats=1)["mlp"]["max_ratio"] > 0  # doctest: +SKIP
+        bound, mlp K=8: one step ...
+    """
+    sizes = [(784, 512), (512, 512), (512, 10)]
+    Ws = [torch.randn(o, i) for i, o in sizes]
+
+    def gemm_time(rows: int, full: bool) -> float:
+        xs = [torch.randn(rows, i) for i, _ in sizes]
+        gs = [torch.randn(rows, o) for _, o in sizes]
+
+        def run() -> None:
+            for x, W in zip(xs, Ws):
+                torch.mm(x, W.t())  # forward
+            for g, W in zip(gs[1:], Ws[1:]):
+                torch.mm(g, W)  # input gradients of layers 2 and 3
+            if full:
+                for g, x in zip(gs, xs):
+                    torch.mm(g.t(), x)  # weight gradients
+        run()
+        start = time.perf_counter()
+        for _ in range(10):
+            run()
+        return (time.perf_counter() - start) / 10
+
+    flops = {False: 2 * 64 * (sum(i * o for i, o in sizes) + sum(i * o for i, o in sizes[1:])),
+             True: 2 * 64 * (2 * sum(i * o for i, o in sizes) + sum(i * o for i, o in sizes[1:]))}
+    out: dict = {"K": K}
+    for full, name in ((False, "mlp"), (True, "mlp_full")):
+        seq, g1, gK = [], [], []
+        for _ in range(repeats):
+            seq.append(_time_sequential(name, 20))
+            g1.append(gemm_time(64, full))
+            gK.append(gemm_time(K * 64, full) / K)
+        t_seq, t1, tK = (statistics.median(v) for v in (seq, g1, gK))
+        out[name] = {
+            "sequential_step_ms": 1e3 * t_seq, "gemm_ms_64_rows": 1e3 * t1, "gemm_ms_per_replica_stacked": 1e3 * tK,
+            "step_gflops": flops[full] / t_seq / 1e9, "gemm_gflops_64_rows": flops[full] / t1 / 1e9,
+            "gemm_gflops_stacked": flops[full] / tK / 1e9, "max_ratio": t_seq / tK,
+        }
+        r = out[name]
+        print(f"bound, {name} K={K}: one step {r['sequential_step_ms']:.3f} ms ({r['step_gflops']:.3g} GFLOP/s); "
+              f"its GEMMs alone {r['gemm_ms_64_rows']:.3f} ms at 64 rows ({r['gemm_gflops_64_rows']:.3g} GFLOP/s), "
+              f"{r['gemm_ms_per_replica_stacked']:.3f} ms per replica at {K * 64} rows "
+              f"({r['gemm_gflops_stacked']:.3g} GFLOP/s) → speed-up at most {r['max_ratio']:.3g}×", flush=True)
+    return out
+
+
+def fnn_bound(K: int = 128, repeats: int = 5) -> dict:
+    """The most that stacking ``K`` FNN runs can gain: their batched products (and draws), timed alone (Chapter 4).
+
+    A step of ``K`` replicas of the FNN benchmark (batch 256, width 16, 4 layers, 2-layer target) needs at
+    least its eleven ``(K, 16, 16) × (K, 16, 256)`` products (4 forward, 4 weight gradients, 3 input
+    gradients, in the engine's feature-major layout) and the target's two for the labels; with independent
+    seeds also ``K × 256 × 16`` fresh normal numbers. ``K`` one-at-a-time runs take ``K·t_seq``; so the
+    speed-up is at most ``K·t_seq / t_products`` (grid: labels for the 11 seeds only; independent: for all ``K``,
+    plus the draws). Interleaved rounds, medians.
+
+    Example (seconds):
+        >>> fnn_bound(K=128, repeats=1)["grid_max_ratio"] > 0  # doctest: +SKIP
+        bound, fnn K=128: ...
+    """
+    D, B = 16, 256
+    W, h = torch.randn(K, D, D), torch.randn(K, D, B)
+    seeds = len(set(_layout(K, "grid")[0]))
+    gens = [torch.Generator().manual_seed(s) for s in range(K)]
+
+    def timed(fn: Callable[[], None], n: int = 10) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n
+
+    def products(count: int, rows: int = K) -> None:
+        for _ in range(count):
+            torch.bmm(W[:rows], h[:rows])
+
+    seq, prod, lab_grid, draw = [], [], [], []
+    for _ in range(repeats):
+        seq.append(_time_sequential("fnn", 200))
+        prod.append(timed(lambda: products(11 + 2)))  # the model's 11 and the labels' 2 (independent)
+        lab_grid.append(timed(lambda: products(11)) + timed(lambda: products(2, seeds)))
+        draw.append(timed(lambda: [torch.randn(B, D, generator=g) for g in gens]))
+    t_seq, t_prod, t_grid, t_draw = (statistics.median(v) for v in (seq, prod, lab_grid, draw))
+    flops = 2 * D * D * B * K * 13
+    out = {
+        "K": K, "sequential_step_ms": 1e3 * t_seq, "products_ms": 1e3 * t_prod, "products_gflops": flops / t_prod / 1e9,
+        "grid_products_ms": 1e3 * t_grid, "draws_ms": 1e3 * t_draw,
+        "grid_max_ratio": K * t_seq / t_grid, "independent_max_ratio": K * t_seq / (t_prod + t_draw),
+    }
+    print(f"bound, fnn K={K}: one run {out['sequential_step_ms']:.3f} ms/step; the batched products alone "
+          f"{out['products_ms']:.3f} ms ({out['products_gflops']:.3g} GFLOP/s), grid {out['grid_products_ms']:.3f} ms; "
+          f"{K} draws {out['draws_ms']:.3f} ms → speed-up at most {out['grid_max_ratio']:.3g}× (grid), "
+          f"{out['independent_max_ratio']:.3g}× (independent)", flush=True)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Run the benchmark and write its JSON report; returns the report.
+    """Run the benchmark and write its JSON report; returns the report (Chapter 4).
 
     Example (a few seconds; ``tests/test_replicas.py`` runs it):
         >>> report = main(["--quick"])  # doctest: +SKIP
         fnn  independent K=   1: one run ...
     """
     parser = argparse.ArgumentParser(prog="python -m lorakit.book.replicas_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="fnn,tfn,mlp,vit", help="comma-separated subset of fnn,tfn,mlp,vit")
+    parser.add_argument("--models", default="fnn,tfn,mlp,mlp_full,vit",
+                        help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--K", default="1,8,32,128", help="replica counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per K (medians are reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
-    parser.add_argument("--design", action="store_true", help="also compare the vmap engine with hand-written bmm")
+    parser.add_argument("--design", action="store_true", help="also compare the vmap and bmm engines on the FNN")
+    parser.add_argument("--bound", action="store_true",
+                        help="also time the MLP's GEMMs and the FNN's products alone (speed-up bounds)")
     parser.add_argument("--quick", action="store_true", help="seconds: fnn only, K in {1, 8}, one round")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON report")
     args = parser.parse_args(argv)
@@ -276,15 +433,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         rows = []
         for name in models:
-            big = name in ("mlp", "vit")
+            big = name in ("mlp", "mlp_full", "vit")
             seq_steps = 5 if args.quick else (20 if big else 200)
-            rep_steps = (lambda K: 3) if args.quick else (lambda K, big=big: max(5, (40 if big else 400) // K))
+            rep_steps = (lambda K: 3) if args.quick else (
+                lambda K, big=big: max(8 if big else 16, (40 if big else 400) // K))
             layouts = ["independent", "grid"] if name in ("fnn", "tfn") and not args.quick else ["independent"]
             for layout in layouts:
                 rows += bench_model(name, Ks, layout=layout, repeats=repeats, seq_steps=seq_steps, rep_steps=rep_steps)
         report = {
             "rows": rows,
             "design": design_comparison(repeats=args.repeats) if args.design and not args.quick else None,
+            "bound": {"mlp": mlp_bound(repeats=args.repeats), "fnn": fnn_bound(repeats=args.repeats)}
+            if args.bound and not args.quick else None,
             "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
             "processor": platform.processor(), "cpus": os.cpu_count(),
             "load_average": list(os.getloadavg()), "quick": args.quick,

@@ -79,6 +79,18 @@ class FNN(nn.Module):
                 x = torch.relu(x)
         return x
 
+    def replica_sequence(self) -> list[nn.Module]:
+        """The layers and activations in the order :meth:`forward` applies them (Chapter 4).
+
+        :class:`lorakit.ReplicaTrainer` uses it to train replicas of the FNN with its grouped-``bmm`` path.
+
+        Example:
+            >>> [type(m).__name__ for m in FNN([nn.Linear(4, 4)], "relu").replica_sequence()]
+            ['Linear', 'ReLU']
+        """
+        act = nn.ReLU() if self.activation == "relu" else nn.Identity()
+        return [m for layer in self.layers for m in (layer, act)]
+
     def base_linears(self) -> list[nn.Linear]:
         """The underlying ``nn.Linear`` of every layer (the frozen weights for LoRA layers)."""
         return [m.base if isinstance(m, LoRALinear) else m for m in self.layers]
