@@ -1,4 +1,4 @@
-"""Printing prose from a notebook cell so that the site never cuts it (every chapter).
+"""Printing prose from a notebook cell so that the site never cuts it (every chapter, from Chapter 1).
 
 The book's site shows at most 88 characters of a printed line; a longer "Lesson:" line is cut
 mid-sentence. :func:`say` wraps a sentence the code composed (numbers included) at that width.
