@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -291,7 +292,8 @@ def format_report(res: Result) -> str:
     """
     lines = [format_settings(res.config)]
     for S in res.singular_values:
-        lines.append("Singular values: tensor([" + ", ".join(f"{s:.4f}" for s in S) + "])")
+        values = "Singular values: tensor([" + ", ".join(f"{s:.4f}" for s in S) + "])"
+        lines.append(textwrap.fill(values, width=88, subsequent_indent=" " * 25))
     if res.validation_loss is not None:
         lines.append(f"Validation loss: {res.validation_loss:.4g}")
     lines.append(f"Test loss: {res.test_loss:.4g}")
