@@ -911,7 +911,7 @@ class _MSELoss:
         return "mse_loss"
 
 
-#: ``F.mse_loss(model(batch[0]), batch[1])`` as a replica loss (see :class:`_MSELoss`) (Chapter 4).
+#: ``F.mse_loss(model(batch[0]), batch[1])`` as a replica loss (one callable; for the bmm engine it also has a one-pass form) (Chapter 4).
 mse_loss = _MSELoss()
 
 

@@ -61,11 +61,11 @@ __all__ = [
     "results_path",
 ]
 
-#: Passes over the 5,000 training images: a fixed budget (the curves still rise here) (Chapter 3).
+#: Passes over the 5,000 training images — a fixed budget, the curves still rise here (Chapter 3).
 EPOCHS = 5
 #: Mini-batch size of every method (Chapter 3).
 BATCH_SIZE = 64
-#: Validation images: the rotated training images after the fine-tuning ones (Chapter 3).
+#: Validation images — the rotated training images after the fine-tuning ones (Chapter 3).
 N_VAL = 60_000 - PRETRAIN_N - DOWNSTREAM_N_TRAIN
 #: The declared learning-rate grid, in half-decade steps, for every method that trains (Chapter 3).
 LR_GRID: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -236,7 +236,7 @@ def _grid() -> list[dict[str, Any]]:
     return points
 
 
-#: The stored comparison: 5 frozen entries + 7 methods × 5 learning rates × 5 seeds (Chapter 3).
+#: The stored comparison — 5 frozen entries + 7 methods × 5 learning rates × 5 seeds (Chapter 3).
 ADAPTATION = Experiment(
     "ch03_adaptation", run_adaptation, grid=_grid(),
     settings={"epochs": EPOCHS, "batch_size": BATCH_SIZE, "optimizer": "adam", "alpha": "r",

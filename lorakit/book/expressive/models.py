@@ -80,7 +80,7 @@ class FNN(nn.Module):
         return x
 
     def replica_sequence(self) -> list[nn.Module]:
-        """The layers and activations in the order :meth:`forward` applies them (Chapter 4).
+        """The layers and activations in the order ``forward`` applies them (Chapter 4).
 
         :class:`lorakit.ReplicaTrainer` uses it to train replicas of the FNN with its grouped-``bmm`` path.
 
