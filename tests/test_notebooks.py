@@ -259,7 +259,7 @@ LONG_LINES_PENDING: set[str] = set()
 
 def long_lines(nb: Any) -> list[str]:
     found = []
-    for cell in code_cells(nb)[1:]:  # the Colab setup cell is CONTRIBUTING.md's, verbatim
+    for cell in code_cells(nb):
         lines = [("code", line) for line in cell.source.splitlines()]
         lines += [("output", line) for o in cell.outputs if o.output_type == "stream"
                   for line in o.text.splitlines()]
