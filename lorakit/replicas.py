@@ -65,6 +65,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .layer import LoRALinear
+from .optim import adam_moments
 
 __all__ = [
     "ReplicaTrainer",
@@ -155,17 +156,14 @@ class ReplicaOptimizer:
         self.weight_decay = weight_decay.to(dtype).unsqueeze(1)
         self.decay = bool((weight_decay != 0).any())
         self.decoupled = (1 - lr * weight_decay).to(dtype).unsqueeze(1)  # AdamW: p *= 1 - lr·wd, rounded like torch
-        self.t = 0
         self.buf: torch.Tensor | None = None
-        if optimizer != "sgd":
-            self.exp_avg = torch.zeros_like(params)
-            self.exp_avg_sq = torch.zeros_like(params)
+        # Adam's moments, advanced by lorakit.optim.adam_moments (the library's one Adam update)
+        self.moments: dict[str, Any] = {"step": 0}
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
         """One update of every replica from its gradient ``grad`` (shape ``(K, P)``)."""
         p = self.params
-        self.t += 1
         if self.optimizer == "sgd":
             if self.decay:
                 grad = grad + self.weight_decay * p
@@ -177,17 +175,14 @@ class ReplicaOptimizer:
                 grad = self.buf
             p.sub_(self.lr * grad)
             return
-        beta1, beta2 = self.betas
         if self.optimizer == "adamw":
             if self.decay:
                 p.mul_(self.decoupled)
         elif self.decay:
             grad = grad + self.weight_decay * p
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = (self.lr.double() / (1 - beta1**self.t)).to(p.dtype)  # lr / bias_correction1, as torch
-        denom = (self.exp_avg_sq.sqrt() / (1 - beta2**self.t) ** 0.5).add_(self.eps)
-        p.sub_(step_size * (self.exp_avg / denom))
+        exp_avg, denom, bias1 = adam_moments(self.moments, grad, self.betas, self.eps)
+        step_size = (self.lr.double() / bias1).to(p.dtype)  # lr / bias_correction1, as torch
+        p.sub_(step_size * (exp_avg / denom))
 
 
 class _ReplicaLoRA(nn.Module):
