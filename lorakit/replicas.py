@@ -248,6 +248,17 @@ def _activation_backward(act: str, out: torch.Tensor, g: torch.Tensor) -> torch.
     return g * (1 - out * out) if act == "tanh" else g
 
 
+def _flatten(module: nn.Module) -> list[nn.Module]:
+    """The layers a stack applies in order: nested ``nn.Sequential`` and ``replica_sequence()`` expanded."""
+    if hasattr(module, "replica_sequence"):
+        children = list(module.replica_sequence())
+    elif isinstance(module, nn.Sequential):
+        children = list(module)
+    else:
+        return [module]
+    return [leaf for child in children for leaf in (_flatten(child) if child is not module else [child])]
+
+
 class _GroupedStack:
     """Linear/LoRALinear layers and elementwise activations of K replicas, with a hand-written backward.
 
@@ -274,23 +285,29 @@ class _GroupedStack:
     def build(template: nn.Module, trainable: Sequence[str], merge: MergeMode) -> "_GroupedStack | None":
         """The stack for ``template``, or None if it is not one (an ``nn.Sequential`` of such layers, or a
         model whose ``replica_sequence()`` lists them in the order its ``forward`` applies them)."""
-        if hasattr(template, "replica_sequence"):
-            layers = list(template.replica_sequence())
-        elif isinstance(template, nn.Sequential):
-            layers = list(template)
-        else:
+        if not hasattr(template, "replica_sequence") and not isinstance(template, nn.Sequential):
             return None
         prefix = {id(m): n for n, m in template.named_modules()}
         train, used = set(trainable), set()
         ops: list[_Dense | str] = []
         widths: list[int] = []
-        for m in layers:
+        for m in _flatten(template):
             if type(m) in _ACTIVATION_NAMES:
                 ops.append(_ACTIVATION_NAMES[type(m)])
                 continue
             if id(m) not in prefix:
                 return None
             p = prefix[id(m)] + "." if prefix[id(m)] else ""
+            if hasattr(m, "replica_dense"):  # a factored layer: successive products, no activation between
+                params = dict(m.named_parameters())
+                factors = list(m.replica_dense())
+                for w, b in factors:
+                    if w not in params or (b is not None and b not in params):
+                        return None
+                    ops.append(_Dense(p + w, None if b is None else p + b))
+                    used.update(n for n in (p + w, None if b is None else p + b) if n in train)
+                    widths += [params[w].shape[1], params[w].shape[0]]
+                continue
             if type(m) is nn.Linear:
                 op = _Dense(p + "weight", None if m.bias is None else p + "bias")
             elif (type(m) is LoRALinear and type(m.base) is nn.Linear and isinstance(m.dropout, nn.Identity)

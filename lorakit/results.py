@@ -123,6 +123,10 @@ class Experiment:
         rtol, atol: the tolerance :func:`verify` allows when this machine's numerics differ from the
             file's pin (with the same pin the check is exact).
         entry: ``"module:ATTR"``; found automatically when the experiment is a global of ``run``'s module.
+        check: settings that :func:`verify` overrides to re-run a point cheaply, e.g. ``{"epochs": 1}``
+            for a 100-epoch run whose results are per-epoch lists: the short run's lists must then equal
+            the first values of the stored ones (every other value exactly as usual). Only for runs
+            whose first epochs do not depend on how many follow (no schedule over the whole run).
 
     Example:
         >>> def square(config):
@@ -142,6 +146,7 @@ class Experiment:
     rtol: float = 1e-6
     atol: float = 1e-9
     entry: str | None = None
+    check: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -160,6 +165,9 @@ class Experiment:
         shared = sorted({k for p in points for k in p} & set(settings))
         if shared:
             raise ValueError(f"experiment {self.name!r}: {shared} are both settings and grid keys; keep one")
+        unknown = sorted(set(self.check or {}) - set(settings))
+        if unknown:
+            raise ValueError(f"experiment {self.name!r}: check overrides {unknown}, which are not settings")
 
     def _grid_json(self) -> Any:
         return _jsonable(self.grid if isinstance(self.grid, Mapping) else list(self.grid), f"{self.name}.grid")
@@ -618,16 +626,21 @@ class Mismatch:
         return f"{_canonical(self.key)} {self.field}: stored {self.stored!r}, re-run {self.got!r}{diff}"
 
 
-def _compare(stored: Any, got: Any, rtol: float, atol: float, where: str = "") -> list[tuple]:
-    """``(field, stored, got, |difference| or None)`` for every leaf of ``got`` that differs from ``stored``."""
+def _compare(stored: Any, got: Any, rtol: float, atol: float, where: str = "", prefix: bool = False) -> list[tuple]:
+    """``(field, stored, got, |difference| or None)`` for every leaf of ``got`` that differs from ``stored``.
+
+    With ``prefix``, a list of ``got`` may be shorter than the stored one and is compared with its start.
+    """
     if isinstance(stored, dict) and isinstance(got, dict):
         if set(stored) != set(got):
             return [(where or "result", sorted(stored), sorted(got), None)]
-        return [m for k in stored for m in _compare(stored[k], got[k], rtol, atol, f"{where}.{k}" if where else k)]
+        return [m for k in stored
+                for m in _compare(stored[k], got[k], rtol, atol, f"{where}.{k}" if where else k, prefix)]
     if isinstance(stored, list) and isinstance(got, list):
-        if len(stored) != len(got):
+        if len(stored) != len(got) and not (prefix and 0 < len(got) < len(stored)):
             return [(where, f"{len(stored)} values", f"{len(got)} values", None)]
-        return [m for i, (s, g) in enumerate(zip(stored, got)) for m in _compare(s, g, rtol, atol, f"{where}[{i}]")]
+        return [m for i, (s, g) in enumerate(zip(stored, got))
+                for m in _compare(s, g, rtol, atol, f"{where}[{i}]", prefix)]
     numbers = (int, float)
     if (isinstance(stored, numbers) and isinstance(got, numbers)
             and not isinstance(stored, bool) and not isinstance(got, bool)):
@@ -656,6 +669,7 @@ class Verification:
     rtol: float
     atol: float
     seconds: float
+    shortened: str = ""
 
     @property
     def ok(self) -> bool:
@@ -669,7 +683,8 @@ class Verification:
         bad = {_canonical(m.key) for m in self.mismatches}
         verdict = f"all reproduce {how}" if self.ok else f"{len(bad)} DO NOT reproduce {how}"
         incomplete = "" if self.stored == self.points else f" [incomplete: {self.stored}/{self.points} stored]"
-        return (f"{self.path}: {len(self.checked)} of {self.stored} entries re-run, {verdict}"
+        rerun = f"re-run shortened to {self.shortened} (stored lists start so)" if self.shortened else "re-run"
+        return (f"{self.path}: {len(self.checked)} of {self.stored} entries {rerun}, {verdict}"
                 f" in {self.seconds:.1f} s{incomplete}")
 
     def report(self) -> str:
@@ -720,12 +735,15 @@ def verify(
     mismatches = []
     for i in chosen:
         point = order[i]
-        result, _ = _call(experiment.run, experiment.config(point))
-        for where, s, g, d in _compare(by_key[_canonical(point)], result, rtol, atol):
+        config = {**experiment.config(point), **(experiment.check or {})}
+        result, _ = _call(experiment.run, config)
+        prefix = experiment.check is not None
+        for where, s, g, d in _compare(by_key[_canonical(point)], result, rtol, atol, prefix=prefix):
             mismatches.append(Mismatch(point, where, s, g, d))
     return Verification(str(path), experiment.name, len(by_key), int(stored.header.get("points", len(by_key))),
                         tuple(order[i] for i in chosen), tuple(mismatches), exact, rtol, atol,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start,
+                        ", ".join(f"{k}={v}" for k, v in sorted((experiment.check or {}).items())))
 
 
 # --------------------------------------------------------------------------------------------------

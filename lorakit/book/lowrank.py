@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..io import atomic_write
+from ..results import Experiment
 from .scaffold import FinetuneResult, finetune
 
 __all__ = [
@@ -49,6 +50,9 @@ __all__ = [
     "theoretical_product_variance",
     "train_comparison_model",
     "run_comparison",
+    "run_source_sweep",
+    "SOURCE_SWEEP",
+    "SOURCE_SWEEP_COMMAND",
 ]
 
 Kind = Literal["mlp", "lowrank", "ae"]
@@ -125,6 +129,13 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x, self.A), self.B, self.bias)
+
+    def replica_dense(self) -> list[tuple[str, str | None]]:
+        """``forward`` as successive products, ``(weight, bias)`` names: ``A`` then ``B`` with the bias.
+
+        :class:`lorakit.ReplicaTrainer` uses it to train replicas with its grouped-``bmm`` engine.
+        """
+        return [("A", None), ("B", "bias" if self.bias is not None else None)]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, bias={self.bias is not None}"
@@ -363,6 +374,78 @@ def run_comparison(
         if path is not None:
             _write_json_atomic(path, {"settings": settings, "runs": done})
     return {_run_name(kind, r): done[_run_name(kind, r)] for kind, r in runs}
+
+
+def run_source_sweep(config: dict) -> dict:
+    """One stored point of the source's 100-epoch sweep: one ``(kind, r)``, every seed at once (Chapter 2).
+
+    The source's protocol: cross-entropy, plain SGD (``lr`` 1e-3, no momentum, no weight decay), the
+    60,000 training images in their fixed order in batches of 64 (938 a pass, the last of 32, as its
+    unshuffled ``DataLoader``), the test accuracy after every pass. The seeds draw the initialisation
+    only (the source has no seed and a fixed batch order); they are trained side by side as replicas
+    of one model (:class:`lorakit.ReplicaTrainer`, grouped-``bmm`` engine), which equals one run per
+    seed to float rounding.
+
+    Args:
+        config: ``{"kind", "r", "seeds", "epochs", "lr", "batch_size"}`` (a point of
+            :data:`SOURCE_SWEEP` merged with its settings).
+
+    Returns:
+        ``{"parameters", "test_accuracy": [seed][epoch], "train_loss": [seed][epoch]}``: the fraction
+        of the 10,000 test images classified right after each epoch, and the mean training loss of
+        each epoch's batches.
+
+    Example:
+        >>> out = run_source_sweep({"kind": "lowrank", "r": 2, "seeds": [0], "epochs": 1, "lr": 1e-3,
+        ...                         "batch_size": 64, "n_train": 640})
+        >>> out["parameters"], len(out["test_accuracy"][0])
+        (6718, 1)
+    """
+    from .data import load_fashion_mnist
+    from ..replicas import ReplicaTrainer
+
+    kind, r, seeds = config["kind"], config["r"], list(config["seeds"])
+    X, y = load_fashion_mnist("train")
+    X_test, y_test = load_fashion_mnist("test")
+    n_train = config.get("n_train") or len(X)
+    starts = range(0, n_train, config["batch_size"])
+    batches = [slice(a, min(a + config["batch_size"], n_train)) for a in starts]
+
+    def model_fn(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return build_model(kind, r)
+
+    def data(step: int, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        part = batches[step % len(batches)]
+        return X[part].unsqueeze(0), y[part].unsqueeze(0)
+
+    def correct(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (model(X).argmax(1) == y).sum()
+
+    trainer = ReplicaTrainer(model_fn, len(seeds), seeds=seeds, lr=config["lr"], optimizer="sgd",
+                             data_seeds=[0] * len(seeds))
+    history = trainer.fit(
+        lambda model, b: F.cross_entropy(model(b[0]), b[1]), data, config["epochs"] * len(batches),
+        eval_fn=lambda t, step: t.evaluate(correct, X_test, y_test), eval_every=len(batches), progress=False,
+    )
+    epoch_loss = history.loss.view(config["epochs"], len(batches), len(seeds)).double().mean(1)
+    return {
+        "parameters": expected_parameters(kind, r),
+        "test_accuracy": (torch.stack([n for _, n in history.evals], 1).double() / len(y_test)).tolist(),
+        "train_loss": epoch_loss.t().tolist(),
+    }
+
+
+#: The source's sweep: the MLP, then the low-rank and AE models at every rank of ``run.sh`` (Chapter 2).
+SOURCE_SWEEP = Experiment(
+    "ch02_source_sweep", run_source_sweep,
+    grid=[{"kind": "mlp", "r": None}] + [{"kind": k, "r": r} for k in ("lowrank", "ae") for r in SOURCE_RANKS],
+    settings={"epochs": 100, "lr": 1e-3, "batch_size": 64, "seeds": [0, 1, 2], "n_train": None},
+    check={"epochs": 1},
+)
+
+#: The committed command that (re)makes the stored sweep, from the repository root (Chapter 2).
+SOURCE_SWEEP_COMMAND = "make results-run EXPERIMENT=lorakit.book.lowrank:SOURCE_SWEEP WORKERS=2"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
