@@ -142,3 +142,27 @@ def test_command_line(tmp_path, monkeypatch, capsys):
     out = lowrank.main(["--epochs", "1", "--ranks", "2", "--kinds", "ae", "--results", str(path), "--device", "cpu"])
     assert list(out) == ["ae_r2"] and path.is_file()
     assert "ae_r2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind, r", [("lowrank", 4), ("ae", 2), ("mlp", None)])
+def test_the_stored_sweep_equals_one_sequential_run_per_seed(kind, r):
+    """The replica engine's sweep point equals the source's recipe run one seed at a time (float rounding)."""
+    from lorakit.book.data import load_fashion_mnist
+
+    config = {"kind": kind, "r": r, "seeds": [0, 3], "epochs": 2, "lr": 1e-3, "batch_size": 64, "n_train": 320}
+    out = lowrank.run_source_sweep(config)
+    X, y = load_fashion_mnist("train")
+    X_test, y_test = load_fashion_mnist("test")
+    for k, seed in enumerate(config["seeds"]):
+        torch.manual_seed(seed)
+        model = build_model(kind, r)
+        res = lowrank.train_comparison_model(model, X[:320], y[:320], X_test, y_test, epochs=2, progress=False)
+        assert out["test_accuracy"][k] == pytest.approx(res.history.metric("accuracy"), abs=2e-4)  # <= 2 images
+    assert out["parameters"] == expected_parameters(kind, r)
+    assert len(out["train_loss"]) == 2 and all(len(curve) == 2 for curve in out["train_loss"])
+
+
+def test_the_sweep_experiment_is_the_sources_grid():
+    points = lowrank.SOURCE_SWEEP.points()
+    assert len(points) == 17 and points[0] == {"kind": "mlp", "r": None}
+    assert lowrank.SOURCE_SWEEP.settings["epochs"] == 100 and lowrank.SOURCE_SWEEP.check == {"epochs": 1}

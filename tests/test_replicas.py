@@ -151,6 +151,51 @@ def test_bmm_engine_full_training_equals_sequential_runs(optimizer, columns, mon
             torch.testing.assert_close(value, dict(model.named_parameters())[name].detach(), rtol=RTOL, atol=ATOL)
 
 
+class Factored(nn.Module):
+    """``B A x + b`` held as two factors, declared to the bmm engine through ``replica_dense``."""
+
+    def __init__(self, n_in: int, n_out: int, r: int) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(r, n_in) / n_in**0.5)
+        self.B = nn.Parameter(torch.randn(n_out, r) / r**0.5)
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x):
+        return F.linear(F.linear(x, self.A), self.B, self.bias)
+
+    def replica_dense(self):
+        return [("A", None), ("B", "bias")]
+
+
+def nested_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(Factored(6, 8, 2), nn.ReLU(),
+                         nn.Sequential(nn.Linear(8, 3, bias=False), nn.Linear(3, 8)), nn.Tanh(), nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_bmm_engine_takes_nested_sequentials_and_factored_layers(optimizer):
+    trainer = ReplicaTrainer(nested_net, K=3, seeds=SEEDS[:3], lr=LRS[optimizer][:3], optimizer=optimizer)
+    assert trainer.engine == "bmm"
+    assert [op.W for op in trainer._stack.ops if not isinstance(op, str)] == [
+        "0.A", "0.B", "2.0.weight", "2.1.weight", "4.weight"]
+    history = trainer.fit(loss_fn, data, STEPS, progress=False)
+    for k, seed in enumerate(SEEDS[:3]):
+        model, losses = train_one(nested_net, seed, loss_fn, data, STEPS, lr=LRS[optimizer][k], optimizer=optimizer)
+        torch.testing.assert_close(history.loss[:, k], torch.tensor(losses), rtol=RTOL, atol=ATOL)
+        for name, value in trainer.state_dict(k).items():
+            torch.testing.assert_close(value, dict(model.named_parameters())[name].detach(), rtol=RTOL, atol=ATOL)
+
+
+def test_a_factored_layer_naming_a_missing_tensor_falls_back_to_vmap():
+    class Wrong(Factored):
+        def replica_dense(self):
+            return [("A", None), ("C", "bias")]
+
+    trainer = ReplicaTrainer(lambda s: nn.Sequential(Wrong(6, 2, 2)), K=2, lr=1e-2)
+    assert trainer.engine == "vmap"
+
+
 def test_book_fnn_uses_the_bmm_engine_and_equals_sequential_runs():
     from lorakit.book.expressive.methods import trainable_parameters
     from lorakit.book.expressive.models import make_fnn_pair

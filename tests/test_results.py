@@ -236,6 +236,40 @@ def test_verify_passes_and_detects_a_tampered_value(tmp_path: Path) -> None:
     assert "1 DO NOT reproduce exactly" in check.summary() and '{"lr":0.1,"seed":1} loss: stored' in check.report()
 
 
+def curve_run(config: dict) -> dict:
+    """A per-epoch curve whose first epochs do not depend on how many follow (a prefix-checkable run)."""
+    g = torch.Generator().manual_seed(config["seed"])
+    x, curve = torch.randn(3, generator=g), []
+    for _ in range(config["epochs"]):
+        x = x - 0.1 * x + 0.01 * torch.randn(3, generator=g)
+        curve.append(float(x.norm()))
+    return {"curve": [curve, [2 * c for c in curve]], "size": 3}
+
+
+CURVES = Experiment("curves", curve_run, grid={"seed": [0, 1]}, settings={"epochs": 30}, check={"epochs": 2})
+
+
+def test_a_shortened_check_compares_the_start_of_the_stored_lists(tmp_path: Path) -> None:
+    path = _run(tmp_path, CURVES)
+    check = verify(path, sample=2)
+    assert check.ok and "re-run shortened to epochs=2" in check.summary()
+    lines = path.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["result"]["curve"][1][1] += 1e-9  # inside the checked start: found
+    lines[1] = json.dumps(entry)
+    path.write_text("\n".join(lines) + "\n")
+    (bad,) = verify(path, sample=2).mismatches
+    assert bad.field == "curve[1][1]"
+    entry["result"]["curve"][1][1] -= 1e-9
+    entry["result"]["size"] = 4  # a value that is not a list is compared whole
+    lines[1] = json.dumps(entry)
+    path.write_text("\n".join(lines) + "\n")
+    (bad,) = verify(path, sample=2).mismatches
+    assert bad.field == "size"
+    with pytest.raises(ValueError, match="not settings"):
+        Experiment("x", curve_run, grid={"seed": [0]}, settings={"epochs": 3}, check={"steps": 1})
+
+
 def test_verify_uses_the_tolerance_when_numerics_differ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _run(tmp_path)
     lines = path.read_text().splitlines()
