@@ -64,7 +64,8 @@ dets = torch.stack([torch.linalg.det(torch.randn(D, D, dtype=torch.float64)) for
 print(f"  100,000 Gaussian 4x4 matrices: smallest |det| = {dets.abs().min():.3g}, exactly singular: {int((dets == 0).sum())}")
 
 # ---------------------------------------------------------------- Exercise 4
-print("== Exercise 4: 'sgd' with weight decay 1e-2 (the chapter's reduced protocol: 400 steps, lr 1e-2, seed 123)")
+print("== Exercise 4: gradient LoRA (method='sgd', trained with Adam) with weight decay 1e-2")
+print("   (the chapter's reduced protocol: 400 Adam steps, lr 1e-2, seed 123)")
 base = dict(width=16, target_depth=1, frozen_depth=2, use_bias=0, activation="linear", n_test=2000)
 quiet = dict(progress=False, log=lambda *a: None)
 sgd_ranks = [1, 2, 4, 6, 8, 16]
@@ -74,4 +75,23 @@ for pre in (0, 1):
                                        pretrained=pre), **quiet).test_loss for R in sgd_ranks]
     print(f"  {'pretrained' if pre else 'random    '} wd 1e-2: " + "  ".join(f"R={R}: {ex.format_mse(m)}" for R, m in zip(sgd_ranks, res)))
     print(f"  {'':10} wd 0 (chapter): " + "  ".join(f"R={R}: {m}" for R, m in zip(sgd_ranks, CHAPTER_WD0[pre].split())))
+# ---------------------------------------------------------------- Exercise 5
+print("== Exercise 5: equal depths, frozen_depth = 1 (M = 1), the construction (method='ours')")
+base1 = dict(base, frozen_depth=1)
+print(f"  ex.rank_threshold(16, 1, 1) = {ex.rank_threshold(16, 1, 1)}")
+for pre in (0, 1):
+    runs = [ex.run_experiment(ex.Config(**base1, rank=R, method="ours", pretrained=pre), **quiet)
+            for R in range(1, 17)]
+    S = torch.tensor(runs[0].singular_values[0])
+    untouched = float((S ** 2).sum()) / 16
+    share = torch.cumsum(S ** 2, 0) / (S ** 2).sum()
+    exact = [R for R, r in zip(range(1, 17), runs) if r.test_loss < 1e-12]
+    name = "pretrained" if pre else "random"
+    print(f"  {name}: sigma(E) = " + " ".join(f"{s:.3f}" for s in S))
+    print(f"  {name}: test MSE R=1..16: " + " ".join(ex.format_mse(r.test_loss) for r in runs))
+    print(f"  {name}: exact (<1e-12) from R = {min(exact)}; R = 15: {runs[14].test_loss:.4g}; "
+          f"untouched ||E||_F^2/D = {untouched:.4g}")
+    print(f"  {name}: R = 4 leaves {runs[3].test_loss / untouched:.1%} (test inputs), "
+          f"{ex.tail_errors(S, 4)[1] / 16 / untouched:.1%} (closed form); "
+          f"90 % of ||E||_F^2 in the top {int((share < 0.9).sum()) + 1} of 16")
 print(f"(checks took {time.time() - T0:.0f} s)")
