@@ -481,8 +481,9 @@ class ReplicaTrainer:
             chunks keep activations in the CPU cache when ``K × batch`` is large; the result is the same.
         engine: how a training step is computed. ``"bmm"``: the grouped-``bmm`` path for sequential
             stacks of ``nn.Linear``/:class:`~lorakit.LoRALinear` layers and ReLU/Tanh/Identity (an
-            ``nn.Sequential``, or a model whose ``replica_sequence()`` returns its layers in order), with a
-            hand-written backward; ``loss_fn`` must call ``model`` once, on ``batch[0]``. ``"vmap"``: any
+            ``nn.Sequential``, nested ones included, or a model whose ``replica_sequence()`` returns its
+            layers in order; a factored layer joins by listing its products in ``replica_dense()``,
+            ``[(weight name, bias name or None), …]`` in the order applied), with a hand-written backward; ``loss_fn`` must call ``model`` once, on ``batch[0]``. ``"vmap"``: any
             model. ``"auto"`` (default): ``"bmm"`` when the model is such a stack, else ``"vmap"``.
 
     Attributes:
