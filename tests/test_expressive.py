@@ -124,6 +124,49 @@ def test_tfn_exact_at_threshold(depth: int) -> None:
     assert mse(frozen, target, torch.randn(200, 10, D, generator=torch.Generator().manual_seed(0))) > 1e-4
 
 
+def _tfn_base_weights(model) -> dict[str, torch.Tensor]:
+    """Every base (frozen) weight and bias of a TFN by name; LoRA factors left out."""
+    return {n: p for n, p in model.named_parameters() if not n.endswith((".A", ".B"))}
+
+
+def test_tfn_rank_independent_draw_keeps_the_frozen_model_across_ranks() -> None:
+    targets, bases = [], []
+    for r in (1, 3, 8):
+        target, frozen = make_tfn_pair(8, 2, r, seed=4, draw_order="rank_independent")
+        targets.append(target.state_dict())
+        bases.append(_tfn_base_weights(frozen))
+        assert frozen.out.A.shape == (r, 8) and frozen.blocks[1].w2.A.shape == (r, 8)
+    for other in bases[1:]:
+        assert other.keys() == bases[0].keys()
+        assert all(torch.equal(bases[0][n], other[n]) for n in other)
+    for other in targets[1:]:
+        assert all(torch.equal(targets[0][n], other[n]) for n in other)
+    # the paper's order (the default) draws the same target but a frozen FFN that changes with the rank
+    paper = [make_tfn_pair(8, 2, r, seed=4) for r in (1, 8)]
+    assert all(torch.equal(paper[0][0].state_dict()[n], targets[0][n]) for n in targets[0])
+    assert not torch.equal(paper[0][1].blocks[0].w1.weight, paper[1][1].blocks[0].w1.weight)
+    assert torch.equal(paper[0][1].blocks[0].heads[0].q.base.weight, paper[1][1].blocks[0].heads[0].q.base.weight)
+
+
+def test_tfn_default_draw_order_is_unchanged() -> None:
+    """The default is the paper's order: the values drawn before draw_order existed (seed 7, D=8, depth 2, R=3)."""
+    target, frozen = make_tfn_pair(8, 2, 3, seed=7)
+    expected = {
+        "frozen W_1 (block 1)": (frozen.blocks[1].w1.weight[0, :3], [0.33656332, 0.00249560, -0.16845387]),
+        "frozen W_O (block 1, head 1)": (frozen.blocks[1].heads[1].o.base.weight[0, :3],
+                                         [0.66842008, 1.21947110, -1.81975758]),
+        "frozen W_o": (frozen.out.base.weight[0, :3], [-0.22267405, -0.16219005, -0.07594348]),
+        "LoRA A of W_o": (frozen.out.A[0, :3], [-0.12049212, 0.37305605, 0.28798971]),
+        "target W_o": (target.out.weight[0, :3], [-0.29886609, -0.31253919, -0.21257968]),
+    }
+    for name, (got, want) in expected.items():
+        assert torch.allclose(got, torch.tensor(want), atol=1e-6), name
+    explicit = make_tfn_pair(8, 2, 3, seed=7, draw_order="paper")[1]
+    assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), explicit.state_dict().values()))
+    with pytest.raises(ValueError, match="rank_independent"):
+        make_tfn_pair(8, 1, 2, draw_order="sorted")
+
+
 def test_sgd_trains_only_lora_and_biases_and_reduces_loss() -> None:
     target, frozen = make_fnn_pair(8, 1, 2, 2, seed=0)
     before = [lin.weight.clone() for lin in frozen.base_linears()]

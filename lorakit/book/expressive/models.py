@@ -249,15 +249,31 @@ def _attention_linear(D: int) -> nn.Linear:
 
 
 def make_tfn_pair(
-    width: int, depth: int, rank: int, *, n_head: int = 2, std: float = 0.25, seed: int = 123
+    width: int,
+    depth: int,
+    rank: int,
+    *,
+    n_head: int = 2,
+    std: float = 0.25,
+    seed: int = 123,
+    draw_order: Literal["paper", "rank_independent"] = "paper",
 ) -> tuple[TFN, TFN]:
     """Draw a target TFN and a frozen TFN of the same depth, the frozen one with LoRA (Chapter 6).
 
     The frozen TFN has LoRA (rank ``rank``, ``alpha = rank``) on ``W_Q, W_K, W_V, W_O`` of
     every head and block, on the last block's ``W₂`` and on ``W_o``. Attention matrices
-    are ``N(0, 1)``; FFN and output layers use the ``nn.Linear`` default. Order of draws:
-    target, then frozen attention (+ their LoRA ``A``), then frozen FFN/output — as in the
-    paper's code, so the frozen FFN weights change with ``rank``.
+    are ``N(0, 1)``; FFN and output layers use the ``nn.Linear`` default. The target is
+    drawn first in both orders, so it is the same in both. Then:
+
+    * ``draw_order="paper"`` (the default): frozen attention (each followed by its LoRA
+      ``A``), then frozen FFN/output — like the paper's code, which also draws the frozen
+      FFN and output weights after the attention LoRA factors. The factors take
+      ``rank``-dependent amounts of random numbers, so every frozen weight drawn after the
+      first factor (all but the first ``W_Q``; the FFN and output weights included)
+      changes with ``rank``: a sweep over ranks compares different frozen models.
+    * ``draw_order="rank_independent"``: every frozen base weight (attention, then
+      FFN/output) before any LoRA factor, so the frozen base model is the same at every
+      ``rank``: what a sweep over ranks needs.
 
     Args:
         width: ``D``, the embedding size.
@@ -266,6 +282,7 @@ def make_tfn_pair(
         n_head: ``H``, heads per block.
         std: standard deviation of the LoRA factor ``A`` (``B = 0``).
         seed: the torch seed.
+        draw_order: ``"paper"`` or ``"rank_independent"`` (see above).
 
     Returns:
         ``(target, frozen)``; inputs have shape ``(batch, N, D)``.
@@ -274,28 +291,47 @@ def make_tfn_pair(
         >>> t, f = make_tfn_pair(8, 2, 4)
         >>> sum(isinstance(m, LoRALinear) for m in f.modules())
         18
+        >>> bases = [make_tfn_pair(8, 1, r, draw_order="rank_independent")[1].blocks[0].w1.weight
+        ...          for r in (2, 8)]
+        >>> torch.equal(*bases)
+        True
     """
     if depth < 1 or n_head < 1:
         raise ValueError(f"depth={depth} and n_head={n_head} must be >= 1")
     if not 1 <= rank <= width:
         raise ValueError(f"rank={rank} must be in 1..width={width}")
+    if draw_order not in ("paper", "rank_independent"):
+        raise ValueError(
+            f"draw_order={draw_order!r} is unknown: use 'paper' (the paper's code, frozen FFN weights depend "
+            "on rank) or 'rank_independent' (the same frozen base model at every rank)"
+        )
     torch.manual_seed(seed)
     blocks = []
     for _ in range(depth):
         heads = [AttentionHead(*(_attention_linear(width) for _ in range(4))) for _ in range(n_head)]
         blocks.append(TFNBlock(heads, nn.Linear(width, width), nn.Linear(width, width)))
     target = TFN(blocks, nn.Linear(width, width, bias=False)).requires_grad_(False)
-    frozen_heads = [
-        [AttentionHead(*(_wrap(_attention_linear(width), rank, std) for _ in range(4))) for _ in range(n_head)]
-        for _ in range(depth)
-    ]
-    frozen_blocks = []
+    paper = draw_order == "paper"
+
+    def wrap_now(layer: nn.Linear) -> nn.Module:  # the paper draws each LoRA factor right after its weight
+        return _wrap(layer, rank, std) if paper else layer
+
+    attention = [[[wrap_now(_attention_linear(width)) for _ in range(4)] for _ in range(n_head)] for _ in range(depth)]
+    ffn = []
     for l in range(depth):
         w1, w2 = nn.Linear(width, width), nn.Linear(width, width)
         w1.requires_grad_(False)
         w2.requires_grad_(False)
-        frozen_blocks.append(TFNBlock(frozen_heads[l], w1, _wrap(w2, rank, std) if l == depth - 1 else w2))
-    out = _wrap(nn.Linear(width, width, bias=False), rank, std)
+        ffn.append((w1, wrap_now(w2) if l == depth - 1 else w2))
+    out = wrap_now(nn.Linear(width, width, bias=False))
+    if not paper:  # now the LoRA factors, in the paper's order of layers
+        attention = [[[_wrap(m, rank, std) for m in head] for head in block] for block in attention]
+        w1, w2 = ffn[-1]
+        ffn[-1] = (w1, _wrap(w2, rank, std))
+        out = _wrap(out, rank, std)
+    frozen_blocks = [
+        TFNBlock([AttentionHead(*head) for head in attention[l]], *ffn[l]) for l in range(depth)
+    ]
     return target, TFN(frozen_blocks, out)
 
 
