@@ -774,7 +774,8 @@ class ReplicaTrainer:
         loss = torch.empty(n_rec, self.K)
         recorded: list[int] = []
         history = ReplicaHistory(loss=loss, steps=recorded)
-        share = len(gens) < self.K
+        # replica k gets the batch of its data seed: gather unless batches already come in replica order
+        share = self._data_index.tolist() != list(range(self.K))
         bar = tqdm(range(steps), desc=desc, disable=not progress)
         for i in bar:
             batch = tuple(data(self.step_count, gens))

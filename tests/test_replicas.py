@@ -334,3 +334,12 @@ def test_tolerance_is_tight_enough_to_catch_a_wrong_weight_decay():
     model, _ = train_one(lora_net, 3, loss_fn, data, STEPS, lr=1e-2, weight_decay=0.1, optimizer="adamw")
     with pytest.raises(AssertionError):
         torch.testing.assert_close(trainer.state_dict(0)["0.A"], model[0].A.detach(), rtol=RTOL, atol=ATOL)
+
+
+def test_independent_data_seeds_out_of_order_reach_their_own_replica():
+    """Data seeds [20, 10]: batches are drawn in sorted-seed order and must still reach the right replica."""
+    trainer = ReplicaTrainer(lora_net, K=2, seeds=[3, 4], data_seeds=[20, 10], lr=1e-2, optimizer="adam")
+    history = trainer.fit(loss_fn, data, 10, progress=False)
+    for k, (seed, data_seed) in enumerate([(3, 20), (4, 10)]):
+        _, losses = train_one(lora_net, seed, loss_fn, data, 10, lr=1e-2, optimizer="adam", data_seed=data_seed)
+        torch.testing.assert_close(history.loss[:, k], torch.tensor(losses), rtol=RTOL, atol=ATOL)

@@ -254,7 +254,7 @@ def bench_model(
             start = time.perf_counter()
             for step in range(block * 2):  # the data function alone (drawing, labelling, serving)
                 batch = data(step, gens)
-                if len(gens) < K:
+                if trainer._data_index.tolist() != list(range(K)):
                     batch = tuple(t.index_select(0, trainer._data_index) for t in batch)
             draw.append((time.perf_counter() - start) / (block * 2))
         ratios = [K * s / r for s, r in zip(seq, rep)]
