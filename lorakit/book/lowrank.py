@@ -13,12 +13,10 @@ FashionMNIST. Three kinds of model, every ``nn.Linear(in, out)`` replaced the sa
 Notation follows the book: ``A`` is ``r × in`` and ``B`` is ``out × r``. The source
 names them the other way round (its ``A`` is ``out × r``, its ``B`` is ``r × in``).
 
-The full-length run of the source (100 epochs, all ranks) is a command, not run in CI::
-
-    python -m lorakit.book.lowrank --epochs 100 --results lowrank_full.json
-
-It shows progress bars and writes the results file after each finished model, so an
-interrupted run resumes where it stopped.
+The source's full-length sweep (100 epochs, every rank, three seeds) is the stored experiment
+:data:`SOURCE_SWEEP`, made by ``make results-run EXPERIMENT=lorakit.book.lowrank:SOURCE_SWEEP``
+and re-verified (its first epoch) by ``make test``. ``python -m lorakit.book.lowrank --epochs N``
+still trains single-seed runs one model at a time (e.g. on a GPU: ``--device cuda``).
 """
 
 from __future__ import annotations
@@ -53,6 +51,7 @@ __all__ = [
     "run_source_sweep",
     "SOURCE_SWEEP",
     "SOURCE_SWEEP_COMMAND",
+    "sweep_results_path",
 ]
 
 Kind = Literal["mlp", "lowrank", "ae"]
@@ -387,8 +386,9 @@ def run_source_sweep(config: dict) -> dict:
     seed to float rounding.
 
     Args:
-        config: ``{"kind", "r", "seeds", "epochs", "lr", "batch_size"}`` (a point of
-            :data:`SOURCE_SWEEP` merged with its settings).
+        config: ``{"kind", "r", "seeds", "epochs", "lr", "batch_size", "n_train"}`` (a point of
+            :data:`SOURCE_SWEEP` merged with its settings; ``n_train`` ``None`` for all 60,000 images),
+            and optionally ``"optimizer"`` (``"sgd"``, the source's, or ``"adam"``).
 
     Returns:
         ``{"parameters", "test_accuracy": [seed][epoch], "train_loss": [seed][epoch]}``: the fraction
@@ -422,8 +422,8 @@ def run_source_sweep(config: dict) -> dict:
     def correct(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (model(X).argmax(1) == y).sum()
 
-    trainer = ReplicaTrainer(model_fn, len(seeds), seeds=seeds, lr=config["lr"], optimizer="sgd",
-                             data_seeds=[0] * len(seeds))
+    trainer = ReplicaTrainer(model_fn, len(seeds), seeds=seeds, lr=config["lr"],
+                             optimizer=config.get("optimizer", "sgd"), data_seeds=[0] * len(seeds))
     history = trainer.fit(
         lambda model, b: F.cross_entropy(model(b[0]), b[1]), data, config["epochs"] * len(batches),
         eval_fn=lambda t, step: t.evaluate(correct, X_test, y_test), eval_every=len(batches), progress=False,
@@ -446,6 +446,19 @@ SOURCE_SWEEP = Experiment(
 
 #: The committed command that (re)makes the stored sweep, from the repository root (Chapter 2).
 SOURCE_SWEEP_COMMAND = "make results-run EXPERIMENT=lorakit.book.lowrank:SOURCE_SWEEP WORKERS=2"
+
+
+def sweep_results_path() -> Path:
+    """Where the stored sweep is: ``lorakit/book/results/ch02_source_sweep.jsonl`` (Chapter 2).
+
+    Raises:
+        FileNotFoundError: it is missing; the message says how to make it.
+    """
+    path = Path(__file__).resolve().parent / "results" / f"{SOURCE_SWEEP.name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: make it (about 40 min on two cores), from the "
+                                f"repository's root, with: {SOURCE_SWEEP_COMMAND}")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
