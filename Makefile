@@ -20,7 +20,8 @@ help:
 	@echo "make test       set up, then run pytest, nbval on every notebook, the warnings-as-errors build,"
 	@echo "                the offline browser check of that build, and every notebook in a simulated Colab"
 	@echo "make colab-check  only the simulated Colab run (bare venv, lorakit from a wheel, downloaded data)"
-	@echo "make notebooks  re-execute the notebooks in place (regenerates stored outputs)"
+	@echo "make notebooks  re-execute the notebooks in place (regenerates stored outputs; NB=path for one)"
+	@echo "make nbval      compare every notebook's stored outputs with a fresh run (NB=path for one)"
 	@echo "make results-run EXPERIMENT=module:NAME  create or resume one stored full-scale result"
 	@echo "make solution-checks  print every number the exercise solutions quote (NB=01 for one)"
 	@echo "make bench      benchmark LoRA vs full fine-tuning vs peft, and K replicas vs K runs (JSON in bench-results/)"
@@ -49,7 +50,7 @@ numerics-check:
 
 nbval: numerics-check
 	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env \
-	  --nbval-sanitize-with tests/nbval_sanitize.cfg $(NOTEBOOKS)
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg $(if $(NB),$(NB),$(NOTEBOOKS))
 
 # Re-runs a fixed random sample of every stored full-scale result and fails if one does not
 # reproduce exactly under the pinned numerics. They live inside the package so that a wheel

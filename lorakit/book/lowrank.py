@@ -436,7 +436,7 @@ def run_source_sweep(config: dict) -> dict:
     }
 
 
-#: The source's sweep: the MLP, then the low-rank and AE models at every rank of ``run.sh`` (Chapter 2).
+#: The source's sweep — the MLP, then the low-rank and AE models at every rank of ``run.sh`` (Chapter 2).
 SOURCE_SWEEP = Experiment(
     "ch02_source_sweep", run_source_sweep,
     grid=[{"kind": "mlp", "r": None}] + [{"kind": k, "r": r} for k in ("lowrank", "ae") for r in SOURCE_RANKS],
@@ -453,10 +453,14 @@ def sweep_results_path() -> Path:
 
     Raises:
         FileNotFoundError: it is missing; the message says how to make it.
+
+    Example:
+        >>> sweep_results_path().name
+        'ch02_source_sweep.jsonl'
     """
     path = Path(__file__).resolve().parent / "results" / f"{SOURCE_SWEEP.name}.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: make it (about 40 min on two cores), from the "
+        raise FileNotFoundError(f"{path} is missing: make it (about an hour on two cores), from the "
                                 f"repository's root, with: {SOURCE_SWEEP_COMMAND}")
     return path
 
