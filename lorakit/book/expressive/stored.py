@@ -1,0 +1,141 @@
+"""The paper's grid as stored results, trained on the replica engine (Chapters 4–5).
+
+The expressive-power paper's figures aggregate thousands of runs: for every frozen model (family,
+seed, random or pretrained) and every rank, the gradient method ('sgd': Adam on the LoRA factors,
+and the biases where they are tuned) over 3 learning rates × 4 weight decays, and the construction
+('ours') once. One configuration at a time that is a day of CPU (:func:`~.experiment.run_grid`).
+
+Here one stored entry is one (frozen model, rank, method): its 12 learning-rate × weight-decay runs
+share the frozen model and the batch stream, so they are trained as 12 replicas of one computation
+(:class:`lorakit.replicas.ReplicaTrainer`, grouped-``bmm`` engine). Each replica equals one
+:func:`~.experiment.run_experiment` of the same :class:`~.experiment.Config` to float32 rounding
+(``tests/test_expressive_stored.py``); the random streams are the same (models from ``seed``,
+pretraining ``seed+1``, batches then the validation batch ``seed+2``, the test set ``seed+4``).
+
+The families stored: ``linear`` (Fig. 1: ``L̄ = 1``, ``L = 2``, no biases) in
+:data:`LINEAR_GRID`; the ReLU FNNs (``(L̄, L) ∈ {(1, 2), (2, 4)}``, fixed and tunable biases) in
+:data:`RELU_GRID`. Make one with ``make results-run EXPERIMENT=lorakit.book.expressive.stored:LINEAR_GRID``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from ...replicas import ReplicaTrainer, mse_loss, stacked
+from ...results import Experiment
+from .experiment import LRS, WDS, Config, _gen, run_experiment
+from .methods import trainable_parameters
+from .models import make_fnn_pair, pretrain, sample_inputs
+
+__all__ = ["run_point", "grid_points", "LINEAR_GRID", "RELU_GRID", "SHAPES"]
+
+#: The frozen/target shapes of each family, as :class:`~.experiment.Config` fields (Chapter 4).
+SHAPES: dict[str, dict[str, Any]] = {
+    "linear": dict(target_depth=1, frozen_depth=2, use_bias=0, activation="linear"),
+    "relu_1_2": dict(target_depth=1, frozen_depth=2, use_bias=1, activation="relu"),
+    "relu_2_4": dict(target_depth=2, frozen_depth=4, use_bias=1, activation="relu"),
+}
+
+
+def _config(config: dict, lr: float = LRS[0], weight_decay: float = WDS[0]) -> Config:
+    fields = dict(SHAPES[config["shape"]], width=config["width"], n_epochs=config["n_epochs"],
+                  batch_size=config["batch_size"], n_test=config["n_test"], std=config["std"],
+                  seed=config["seed"], pretrained=config["pretrained"], rank=config["rank"],
+                  method=config["method"], tune_bias=config["tune_bias"], lr=lr, weight_decay=weight_decay)
+    return Config(**fields)
+
+
+def run_point(config: dict) -> dict[str, Any]:
+    """One stored entry: the construction once, or the gradient method over the lr × wd grid (Chapter 4).
+
+    Args:
+        config: the experiment's settings merged with one grid point: ``shape`` (a key of
+            :data:`SHAPES`), ``seed``, ``pretrained``, ``rank``, ``method`` (``"sgd"`` or ``"ours"``),
+            ``tune_bias``, and ``width``, ``n_epochs``, ``batch_size``, ``n_test``, ``std``, ``lrs``,
+            ``wds``.
+
+    Returns:
+        ``{"lr": […], "weight_decay": […], "validation_loss": […], "test_loss": […], "trainable": n}``,
+        one value per replica (``validation_loss`` is ``[None]`` for the construction).
+
+    Example:
+        >>> point = dict(shape="linear", seed=0, pretrained=0, rank=2, method="sgd", tune_bias=1,
+        ...              width=4, n_epochs=20, batch_size=32, n_test=100, std=0.25,
+        ...              lrs=[1e-2, 1e-3], wds=[0.0])
+        >>> out = run_point(point)
+        >>> len(out["test_loss"]), out["trainable"]
+        (2, 32)
+    """
+    if config["method"] == "ours":
+        res = run_experiment(_config(config), progress=False, log=lambda *a: None)
+        return {"lr": [None], "weight_decay": [None], "validation_loss": [None],
+                "test_loss": [res.test_loss], "trainable": res.trainable}
+    settings = [(lr, wd) for lr in config["lrs"] for wd in config["wds"]]
+    cfg = _config(config)
+    torch.manual_seed(cfg.seed)
+    target, frozen = make_fnn_pair(cfg.width, cfg.target_depth, cfg.frozen_depth, cfg.rank,
+                                   use_bias=bool(cfg.use_bias), activation=cfg.activation, std=cfg.std,
+                                   init_mode=cfg.init_mode, rank_step=cfg.rank_step, seed=cfg.seed)
+    if cfg.pretrained:
+        pretrain(frozen, target, width=cfg.width, epochs=cfg.pretrained_epochs, lr=cfg.pretrained_lr,
+                 level=cfg.pretrained_level, batch_size=cfg.batch_size, generator=_gen(cfg.seed + 1),
+                 progress=False)
+    params = trainable_parameters(frozen, "sgd", tune_bias=bool(cfg.tune_bias))
+    K = len(settings)
+    # The 12 runs share the frozen model and the batch stream: one model draw, one data seed.
+    trainer = ReplicaTrainer(lambda _: copy.deepcopy(frozen), K, seeds=[cfg.seed] * K,
+                             lr=[lr for lr, _ in settings], weight_decay=[wd for _, wd in settings],
+                             optimizer="adam", data_seeds=[cfg.seed + 2] * K)
+
+    def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        X = sample_inputs(frozen, cfg.batch_size, cfg.width, g)
+        with torch.no_grad():
+            return X, target(X)
+
+    trainer.fit(mse_loss, stacked(batch), cfg.n_epochs, record_every=cfg.n_epochs, progress=False)
+
+    def scored(X: torch.Tensor) -> list[float]:
+        with torch.no_grad():
+            y = target(X)
+        return trainer.evaluate(lambda model, x, t: F.mse_loss(model(x), t), X, y).tolist()
+
+    (generator,) = trainer.generators()  # after n_epochs batches: the validation batch comes next
+    validation = scored(sample_inputs(frozen, cfg.batch_size, cfg.width, generator))
+    test = scored(sample_inputs(frozen, cfg.n_test, cfg.width, _gen(cfg.seed + 4)))
+    return {"lr": [lr for lr, _ in settings], "weight_decay": [wd for _, wd in settings],
+            "validation_loss": validation, "test_loss": test, "trainable": sum(p.numel() for p in params)}
+
+
+def grid_points(shapes: list[str], *, width: int = 16, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> list[dict]:
+    """The grid points of :func:`~.experiment.grid` for ``shapes``, lr × wd folded into one entry (Chapter 4).
+
+    Example:
+        >>> len(grid_points(["linear"], seeds=(0,)))
+        64
+    """
+    points = []
+    for seed in seeds:
+        for pretrained in (0, 1):
+            for shape in shapes:
+                biases = (1, 0) if SHAPES[shape]["use_bias"] else (1,)
+                for tune_bias in biases:
+                    for rank in range(1, width + 1):
+                        base = dict(shape=shape, seed=seed, pretrained=pretrained, rank=rank, tune_bias=tune_bias)
+                        points.append(dict(base, method="sgd"))
+                        if tune_bias == 1:
+                            points.append(dict(base, method="ours"))
+    return points
+
+
+_SETTINGS = dict(width=16, n_epochs=5000, batch_size=256, n_test=5000, std=0.25, lrs=list(LRS), wds=list(WDS))
+
+#: Fig. 1's grid — the linear model, random and pretrained, ranks 1–16, 5 seeds (Chapter 4).
+LINEAR_GRID = Experiment("ch04_linear_grid", run_point, grid=grid_points(["linear"]), settings=_SETTINGS)
+
+#: Fig. 2's grid — the ReLU FNNs, (L̄, L) = (1, 2) and (2, 4), fixed and tunable biases (Chapter 5).
+RELU_GRID = Experiment("ch05_relu_grid", run_point, grid=grid_points(["relu_1_2", "relu_2_4"]),
+                       settings=_SETTINGS)

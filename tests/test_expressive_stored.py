@@ -1,0 +1,44 @@
+"""The stored expressive-power grid: one entry's replicas equal one run_experiment per setting."""
+import torch
+
+from lorakit.book.expressive import stored
+from lorakit.book.expressive.experiment import grid, run_experiment
+
+
+def _point(**overrides):
+    base = dict(shape="relu_2_4", seed=1, pretrained=1, rank=3, method="sgd", tune_bias=0, width=8,
+                n_epochs=60, batch_size=64, n_test=500, std=0.25, lrs=[1e-2, 1e-3], wds=[0.0, 1e-2])
+    return {**base, **overrides}
+
+
+def test_replicas_equal_one_run_per_setting() -> None:
+    point = _point()
+    out = stored.run_point(point)
+    assert len(out["test_loss"]) == 4
+    for k, (lr, wd) in enumerate(zip(out["lr"], out["weight_decay"])):
+        res = run_experiment(stored._config(point, lr, wd), progress=False, log=lambda *a: None)
+        torch.testing.assert_close(out["validation_loss"][k], res.validation_loss, rtol=1e-5, atol=0)
+        torch.testing.assert_close(out["test_loss"][k], res.test_loss, rtol=1e-5, atol=0)
+        assert out["trainable"] == res.trainable
+    # the settings really differ: a wrong pairing of replicas and settings would not pass the above
+    assert len(set(out["test_loss"])) == 4
+
+
+def test_construction_entry_is_exact() -> None:
+    out = stored.run_point(_point(shape="linear", pretrained=0, tune_bias=1, method="ours", rank=8))
+    assert out["validation_loss"] == [None] and out["test_loss"][0] < 1e-20
+
+
+def test_grid_points_cover_the_papers_grid() -> None:
+    """Every configuration of the one-at-a-time grid is one replica of exactly one stored entry."""
+    seeds = (0, 1)
+    folded = {(p["shape"], p["seed"], p["pretrained"], p["rank"], p["method"], p["tune_bias"])
+              for p in stored.grid_points(["linear", "relu_1_2", "relu_2_4"], seeds=seeds)}
+    shape_of = {(s["target_depth"], s["frozen_depth"], s["activation"]): name
+                for name, s in stored.SHAPES.items()}
+    configs = [c for fam in ("linear", "relu") for c in grid(fam, seeds=seeds)]
+    keys = {(shape_of[(c.target_depth, c.frozen_depth, c.activation)], c.seed, c.pretrained, c.rank,
+             c.method, c.tune_bias) for c in configs}
+    assert keys == folded
+    n_sgd = sum(1 for c in configs if c.method == "sgd")
+    assert n_sgd == 12 * sum(1 for k in folded if k[4] == "sgd")
