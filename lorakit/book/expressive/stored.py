@@ -20,6 +20,7 @@ The families stored: ``linear`` (Fig. 1: ``L̄ = 1``, ``L = 2``, no biases) in
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,13 +32,15 @@ from .experiment import LRS, WDS, Config, _gen, run_experiment
 from .methods import trainable_parameters
 from .models import make_fnn_pair, pretrain, sample_inputs
 
-__all__ = ["run_point", "grid_points", "LINEAR_GRID", "RELU_GRID", "SHAPES"]
+__all__ = ["run_point", "grid_points", "results_path", "command", "flt_points", "LINEAR_GRID", "RELU_GRID",
+           "FLT_GRID", "SHAPES"]
 
 #: The frozen/target shapes of each family, as :class:`~.experiment.Config` fields (Chapter 4).
 SHAPES: dict[str, dict[str, Any]] = {
     "linear": dict(target_depth=1, frozen_depth=2, use_bias=0, activation="linear"),
     "relu_1_2": dict(target_depth=1, frozen_depth=2, use_bias=1, activation="relu"),
     "relu_2_4": dict(target_depth=2, frozen_depth=4, use_bias=1, activation="relu"),
+    "relu_1_8": dict(target_depth=1, frozen_depth=8, use_bias=1, activation="relu"),
 }
 
 
@@ -45,7 +48,8 @@ def _config(config: dict, lr: float = LRS[0], weight_decay: float = WDS[0]) -> C
     fields = dict(SHAPES[config["shape"]], width=config["width"], n_epochs=config["n_epochs"],
                   batch_size=config["batch_size"], n_test=config["n_test"], std=config["std"],
                   seed=config["seed"], pretrained=config["pretrained"], rank=config["rank"],
-                  method=config["method"], tune_bias=config["tune_bias"], lr=lr, weight_decay=weight_decay)
+                  method=config["method"], tune_bias=config["tune_bias"],
+                  last_layers=config.get("last_layers", 1), lr=lr, weight_decay=weight_decay)
     return Config(**fields)
 
 
@@ -54,8 +58,8 @@ def run_point(config: dict) -> dict[str, Any]:
 
     Args:
         config: the experiment's settings merged with one grid point: ``shape`` (a key of
-            :data:`SHAPES`), ``seed``, ``pretrained``, ``rank``, ``method`` (``"sgd"`` or ``"ours"``),
-            ``tune_bias``, and ``width``, ``n_epochs``, ``batch_size``, ``n_test``, ``std``, ``lrs``,
+            :data:`SHAPES`), ``seed``, ``pretrained``, ``rank``, ``method`` (``"sgd"``, ``"ours"``, or
+            ``"flt"`` with ``last_layers``), ``tune_bias``, and ``width``, ``n_epochs``, ``batch_size``, ``n_test``, ``std``, ``lrs``,
             ``wds``.
 
     Returns:
@@ -84,7 +88,7 @@ def run_point(config: dict) -> dict[str, Any]:
         pretrain(frozen, target, width=cfg.width, epochs=cfg.pretrained_epochs, lr=cfg.pretrained_lr,
                  level=cfg.pretrained_level, batch_size=cfg.batch_size, generator=_gen(cfg.seed + 1),
                  progress=False)
-    params = trainable_parameters(frozen, "sgd", tune_bias=bool(cfg.tune_bias))
+    params = trainable_parameters(frozen, cfg.method, tune_bias=bool(cfg.tune_bias), last_layers=cfg.last_layers)
     K = len(settings)
     # The 12 runs share the frozen model and the batch stream: one model draw, one data seed.
     trainer = ReplicaTrainer(lambda _: copy.deepcopy(frozen), K, seeds=[cfg.seed] * K,
@@ -131,6 +135,25 @@ def grid_points(shapes: list[str], *, width: int = 16, seeds: tuple[int, ...] = 
     return points
 
 
+def flt_points(*, width: int = 16, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> list[dict]:
+    """The grid of the paper's LoRA-vs-final-layers figure: L̄ = 1, L = 8 (Chapter 5).
+
+    Final-layer tuning of the last ``k`` = 1..7 layers and gradient LoRA of rank 1..16 on all 8
+    layers, random and pretrained frozen models; both over the lr × wd grid.
+
+    Example:
+        >>> len(flt_points(seeds=(0,)))
+        46
+    """
+    points = []
+    for seed in seeds:
+        for pretrained in (0, 1):
+            base = dict(shape="relu_1_8", seed=seed, pretrained=pretrained, tune_bias=1)
+            points += [dict(base, method="flt", rank=1, last_layers=k) for k in range(1, 8)]
+            points += [dict(base, method="sgd", rank=R, last_layers=1) for R in range(1, width + 1)]
+    return points
+
+
 _SETTINGS = dict(width=16, n_epochs=5000, batch_size=256, n_test=5000, std=0.25, lrs=list(LRS), wds=list(WDS))
 
 #: Fig. 1's grid — the linear model, random and pretrained, ranks 1–16, 5 seeds (Chapter 4).
@@ -139,3 +162,34 @@ LINEAR_GRID = Experiment("ch04_linear_grid", run_point, grid=grid_points(["linea
 #: Fig. 2's grid — the ReLU FNNs, (L̄, L) = (1, 2) and (2, 4), fixed and tunable biases (Chapter 5).
 RELU_GRID = Experiment("ch05_relu_grid", run_point, grid=grid_points(["relu_1_2", "relu_2_4"]),
                        settings=_SETTINGS)
+
+#: The LoRA-vs-final-layers grid — L̄ = 1, L = 8, by number of tunable parameters (Chapter 5).
+FLT_GRID = Experiment("ch05_flt_grid", run_point, grid=flt_points(), settings=_SETTINGS)
+
+
+def command(experiment: Experiment) -> str:
+    """The committed command that (re)makes ``experiment``'s stored file, from the repository root (Chapter 4).
+
+    Example:
+        >>> command(LINEAR_GRID)
+        'make results-run EXPERIMENT=lorakit.book.expressive.stored:LINEAR_GRID WORKERS=2'
+    """
+    name = next(k for k, v in globals().items() if v is experiment and k.isupper())
+    return f"make results-run EXPERIMENT={__name__}:{name} WORKERS=2"
+
+
+def results_path(experiment: Experiment) -> Path:
+    """Where ``experiment``'s stored file is, in ``lorakit/book/results/`` (Chapter 4).
+
+    Raises:
+        FileNotFoundError: it is missing; the message says how to make it.
+
+    Example:
+        >>> results_path(LINEAR_GRID).name
+        'ch04_linear_grid.jsonl'
+    """
+    path = Path(__file__).resolve().parents[1] / "results" / f"{experiment.name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: make it, from the repository's root, with: "
+                                f"{command(experiment)}")
+    return path
