@@ -9,15 +9,16 @@ import zipfile
 from pathlib import Path
 
 import lorakit
-from lorakit.book import sentences, tinyformer, transfer
+from lorakit.book import realtext, tinyformer, transfer
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ("fashion_mlp_pretrained.safetensors", "tinyvit_fmnist.safetensors", "sentences.csv")
+ASSETS = ("fashion_mlp_pretrained.safetensors", "tinyvit_fmnist.safetensors", "fortunes.csv",
+          "fortunes_LICENSE.txt")
 
 
 def test_data_files_live_inside_the_package() -> None:
     package = Path(lorakit.__file__).parent / "book"
-    for path in (transfer.PRETRAINED_PATH, tinyformer.DEFAULT_WEIGHTS, sentences.SENTENCES_PATH):
+    for path in (transfer.PRETRAINED_PATH, tinyformer.DEFAULT_WEIGHTS, realtext.FORTUNES_PATH):
         assert path.parent == package / "assets" and path.is_file(), path
     assert sorted(p.name for p in (package / "assets").iterdir()) == sorted(ASSETS)
 
@@ -26,7 +27,7 @@ def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
     names = zipfile.ZipFile(next(tmp_path.glob("lorakit-*.whl"))).namelist()
-    stored = sorted(f"lorakit/book/results/{p.name}" for p in (ROOT / "lorakit/book/results").glob("*.jsonl"))
+    stored = sorted(f"lorakit/book/results/{p.name}" for p in (ROOT / "lorakit/book/results").glob("*.json*"))
     missing = [name for name in ASSETS if f"lorakit/book/assets/{name}" not in names]
     missing += [name for name in stored if name not in names]  # stored results the chapters load
     assert not missing, f"the wheel lacks {missing}: see [tool.setuptools.package-data] in pyproject.toml"
