@@ -24,7 +24,7 @@ help:
 	@echo "make nbval      compare every notebook's stored outputs with a fresh run (NB=path for one)"
 	@echo "make results-run EXPERIMENT=module:NAME  create or resume one stored full-scale result"
 	@echo "make solution-checks  print every number the exercise solutions quote (NB=01 for one)"
-	@echo "make bench      benchmark LoRA vs full fine-tuning vs peft, and K replicas vs K runs (JSON in bench-results/)"
+	@echo "make bench      benchmark LoRA vs full fine-tuning vs peft, and K replicas vs K runs (JSON in bench-results/; the end-to-end one in lorakit/book/results/ch14_bench_e2e.json)"
 	@echo "make lock       re-resolve requirements/requirements.in into requirements/lock.txt"
 
 setup:
@@ -85,7 +85,8 @@ solution-checks: setup
 	  echo "== $$script"; $(PY) $$script; done
 
 bench: setup
-	$(PY) -m lorakit.book.bench
+	$(PY) -m lorakit.book.bench --ablations
+	$(PY) -m lorakit.book.bench_e2e
 	$(PY) -m lorakit.book.replicas_bench
 
 lock:

@@ -15,6 +15,14 @@ slow moment of a shared machine hits all cases alike), after warm-up:
   full weight every step, so autograd also forms the full ``d × d`` weight gradient;
 * ``merged_fwd`` — a merged LoRA layer's forward (should cost what ``linear_fwd`` costs).
 
+With ``ablations=True`` (``--ablations``) it also times lorakit's layer with its speed choices undone
+one at a time (:func:`lorakit.book.bench_e2e.ablate`), so each choice's gain is measured:
+
+* ``row_major_B_step`` — ``B`` stored row-major ``out × r`` (fused otherwise);
+* ``unfused_step`` — the plain autograd expression instead of the fused function;
+* ``unfused_scale_output_step`` — unfused, and scaling the ``tokens × out`` result (as peft does);
+* ``unfused_scale_output_row_major_B_step`` — all three undone.
+
 The input ``x`` requires a gradient in every step, as inside a network. A full step
 costs three ``T·d²`` matmuls (forward, ``dx``, ``dW``); a LoRA step skips ``dW`` and
 adds six ``T·d·r`` ones, hence the ideal ratio ``2/3 + 2r/d``.
@@ -22,6 +30,13 @@ adds six ``T·d·r`` ones, hence the ideal ratio ``2/3 + 2r/d``.
 Times are per-thread CPU seconds (``time.thread_time``) when torch runs on one
 thread — robust to other processes on a shared machine — and wall-clock seconds
 otherwise. The report holds the median and the interquartile range of each case.
+
+Why a hand-written loop rather than ``torch.utils.benchmark``: a sample here is what
+``Timer.timeit(number)`` measures (``number`` calls, calibrated so a sample lasts ``min_time``),
+but ``blocked_autorange`` and ``Compare`` time one statement to the end before the next, with no
+interleaving, and ``timeit`` adds at least two untimed calls before every sample, which would
+triple the cost of the slow cases of the grid. The whole-model benchmark
+(:mod:`lorakit.book.bench_e2e`), with few, long samples, uses ``Timer`` itself.
 """
 
 from __future__ import annotations
@@ -44,9 +59,18 @@ from torch.nn import functional as F
 from ..io import atomic_write
 from ..layer import LoRALinear
 
-__all__ = ["ideal_ratio", "CaseTiming", "BenchResult", "bench_one", "run_grid", "format_table", "main"]
+__all__ = ["ABLATION_CASES", "ideal_ratio", "CaseTiming", "BenchResult", "bench_one", "run_grid", "format_table", "main"]
 
 CASES = ("linear_fwd", "full_step", "lorakit_step", "peft_step", "naive_step", "merged_fwd")
+#: The extra cases of ``ablations=True``: lorakit's layer with speed choices undone (Chapter 14).
+ABLATION_CASES = ("row_major_B_step", "unfused_step", "unfused_scale_output_step",
+                  "unfused_scale_output_row_major_B_step")
+_ABLATION_FLAGS = {
+    "row_major_B_step": dict(fused=True, scale_intermediate=True, transposed_B=False),
+    "unfused_step": dict(fused=False, scale_intermediate=True, transposed_B=True),
+    "unfused_scale_output_step": dict(fused=False, scale_intermediate=False, transposed_B=True),
+    "unfused_scale_output_row_major_B_step": dict(fused=False, scale_intermediate=False, transposed_B=False),
+}
 
 
 def ideal_ratio(d: int, r: int) -> float:
@@ -117,6 +141,8 @@ class BenchResult:
             "naive_vs_full": self.ratio("naive_step"),
             "lorakit_vs_peft": self.ratio("lorakit_step", "peft_step"),
             "merged_vs_plain": self.ratio("merged_fwd", "linear_fwd"),
+            **{f"{case}_vs_lorakit": self.ratio(case, "lorakit_step") for case in ABLATION_CASES
+               if case in self.timings},
         }
 
 
@@ -124,7 +150,7 @@ def _clock() -> Callable[[], float]:
     return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
 
 
-def _make_cases(d: int, tokens: int, r: int, seed: int) -> dict[str, Callable[[], None]]:
+def _make_cases(d: int, tokens: int, r: int, seed: int, ablations: bool = False) -> dict[str, Callable[[], None]]:
     g = torch.Generator().manual_seed(seed)
     base = nn.Linear(d, d)
     with torch.no_grad():
@@ -195,11 +221,24 @@ def _make_cases(d: int, tokens: int, r: int, seed: int) -> dict[str, Callable[[]
         cases["peft_step"] = step(theirs)
     cases["naive_step"] = naive
     cases["merged_fwd"] = forward(merged)
+    if ablations:
+        from .bench_e2e import ablate
+
+        for case, flags in _ABLATION_FLAGS.items():
+            layer = LoRALinear(nn.Linear(d, d), r=r, alpha=2 * r)
+            layer.base.load_state_dict(base.state_dict())
+            with torch.no_grad():
+                layer.A.copy_(A0)
+                layer.B.copy_(B0)
+            holder = nn.Sequential(layer)
+            ablate(holder, **flags)
+            cases[case] = step(holder)
     return cases
 
 
 def bench_one(
-    d: int, tokens: int, r: int, *, repeats: int = 9, warmup: int = 2, seed: int = 0, min_time: float = 0.02
+    d: int, tokens: int, r: int, *, repeats: int = 9, warmup: int = 2, seed: int = 0, min_time: float = 0.02,
+    ablations: bool = False,
 ) -> BenchResult:
     """Time every case for one ``(d, tokens, r)``, interleaved; return a :class:`BenchResult` (Chapter 14).
 
@@ -213,6 +252,7 @@ def bench_one(
         min_time: a sample lasts at least this many seconds: a case faster than that runs
             several times per sample (the count is set from the last warm-up round) and the
             sample is the mean, so the clock's resolution and call overheads do not dominate.
+        ablations: also time :data:`ABLATION_CASES` (lorakit's layer with speed choices undone).
 
     Example:
         >>> res = bench_one(64, 32, 4, repeats=3, warmup=1)
@@ -230,7 +270,7 @@ def bench_one(
         raise ValueError(f"warmup={warmup} must be >= 0")
     if not min_time >= 0:
         raise ValueError(f"min_time={min_time} must be >= 0 seconds")
-    cases = _make_cases(d, tokens, r, seed)
+    cases = _make_cases(d, tokens, r, seed, ablations)
     names = list(cases)
     clock = _clock()
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -262,6 +302,7 @@ def run_grid(
     warmup: int = 2,
     min_time: float = 0.02,
     progress: bool = True,
+    ablations: bool = False,
 ) -> list[BenchResult]:
     """:func:`bench_one` over the grid ``ds × tokens × ranks`` (Chapter 14).
 
@@ -280,7 +321,8 @@ def run_grid(
             for r in ranks:
                 if progress:
                     print(f"  timing d={d} tokens={t} r={r} …", file=sys.stderr, flush=True)
-                results.append(bench_one(d, t, r, repeats=repeats, warmup=warmup, min_time=min_time))
+                results.append(bench_one(d, t, r, repeats=repeats, warmup=warmup, min_time=min_time,
+                                         ablations=ablations))
     return results
 
 
@@ -365,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.02,
                         help="shortest sample in seconds; faster cases repeat within a sample (default 0.02)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--ablations", action="store_true", help="also time lorakit's layer with its speed choices undone")
     parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"), help="JSON report path")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0 or not args.min_time >= 0:
@@ -372,8 +415,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if max(args.r) > min(args.d):
         parser.error(f"every rank must be <= every d: got r up to {max(args.r)} and d down to {min(args.d)}")
     torch.set_num_threads(args.threads)
-    results = run_grid(args.d, args.tokens, args.r, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time)
+    results = run_grid(args.d, args.tokens, args.r, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
+                       ablations=args.ablations)
     print(format_table(results))
+    if args.ablations:
+        print("ablations: step time / lorakit's step time")
+        for res in results:
+            print(f"  d={res.d} tokens={res.tokens} r={res.r}: " + ", ".join(
+                f"{case.removesuffix('_step')} {res.ratio(case, 'lorakit_step'):.3f}" for case in ABLATION_CASES))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report(results), indent=2) + "\n"
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))  # never a half-written report

@@ -2,6 +2,7 @@
     .venv/bin/python scripts/solution_checks/14_check.py
 FLOP counts come from torch's FlopCounterMode (exact, machine-independent). The only timing is one short
 bench.bench_one call per size (a few seconds, one thread): indicative only, it varies with the machine and its load.
+Exercise 6 reads the stored run of `make bench` (lorakit/book/results/ch14_bench_e2e.json); nothing is re-timed.
 """
 import os
 
@@ -81,4 +82,29 @@ for label, w_bytes, master in (("float32 (the chapter)", 4, 0), ("bf16 weights+g
               f" | {ck * mib:.4g}")
     print(f"    training-memory ratio {tot['full fine-tuning'][0] / tot['LoRA q,v r=8'][0]:.3g}x, "
           f"checkpoint ratio {tot['full fine-tuning'][1] / tot['LoRA q,v r=8'][1]:.4g}x")
+print("  bounds (bytes per trained parameter / bytes per frozen one): float32 16/4 = "
+      f"{16 / 4:.3g}x, bf16 + fp32 Adam 12/2 = {12 / 2:.3g}x, + fp32 master 16/2 = {16 / 2:.3g}x")
+
+# ---------------- Exercise 6: the model-level prediction from the stored shares ----------------
+import json
+
+from lorakit.book import bench_e2e
+
+print("\nExercise 6: predict lorakit/full from full fine-tuning's shares (stored run of make bench)")
+report = json.loads(bench_e2e.RESULT_PATH.read_text())
+env, sh, tm = report["environment"], report["shares"], report["timings"]
+print(f"  stored run: {env['date']}, {env['cpu']}, batch {report['setup']['batch']} x {report['setup']['seq_len']}")
+full = sh["full"]
+pred = 1 - full["optimizer"] - full["big GEMMs"] / 3
+meas = tm["lorakit"]["median"] / tm["full"]["median"]
+print("  full fine-tuning shares: " + ", ".join(f"{k} {v:.3g}" for k, v in full.items()))
+print("  lorakit shares:          " + ", ".join(f"{k} {v:.3g}" for k, v in sh["lorakit"].items()))
+print(f"  prediction 1 - optimizer - big GEMMs / 3 = {pred:.3g}; measured lorakit/full = {meas:.3g}")
+full_ms = tm["full"]["median"] * 1e3
+lk_ms = tm["lorakit"]["median"] * 1e3
+print(f"  full step {full_ms:.4g} ms; 'other' in full {full['other'] * full_ms:.4g} ms, "
+      f"in lorakit {sh['lorakit']['other'] * lk_ms:.4g} ms; lorakit's optimizer {sh['lorakit']['optimizer'] * lk_ms:.3g} ms, "
+      f"LoRA GEMMs {sh['lorakit']['LoRA GEMMs'] * lk_ms:.3g} ms")
+print(f"  big GEMMs: full {full['big GEMMs'] * full_ms:.4g} ms, lorakit {sh['lorakit']['big GEMMs'] * lk_ms:.4g} ms "
+      f"(ratio {sh['lorakit']['big GEMMs'] * lk_ms / (full['big GEMMs'] * full_ms):.3g}; 2/3 expected)")
 print(f"\ntotal {time.time() - T0:.1f} s wall, {time.process_time():.1f} s CPU")
