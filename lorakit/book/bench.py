@@ -59,13 +59,14 @@ from torch.nn import functional as F
 from ..io import atomic_write
 from ..layer import LoRALinear
 
-__all__ = ["ABLATION_CASES", "ideal_ratio", "CaseTiming", "BenchResult", "bench_one", "run_grid", "format_table", "main"]
+__all__ = ["ABLATION_CASES", "ABLATION_FLAGS", "ideal_ratio", "CaseTiming", "BenchResult", "bench_one", "run_grid", "format_table", "main"]
 
 CASES = ("linear_fwd", "full_step", "lorakit_step", "peft_step", "naive_step", "merged_fwd")
 #: The extra cases of ``ablations=True``: lorakit's layer with speed choices undone (Chapter 14).
 ABLATION_CASES = ("row_major_B_step", "unfused_step", "unfused_scale_output_step",
                   "unfused_scale_output_row_major_B_step")
-_ABLATION_FLAGS = {
+#: Which of lorakit's speed choices each ablation keeps (Chapter 14).
+ABLATION_FLAGS = {
     "row_major_B_step": dict(fused=True, scale_intermediate=True, transposed_B=False),
     "unfused_step": dict(fused=False, scale_intermediate=True, transposed_B=True),
     "unfused_scale_output_step": dict(fused=False, scale_intermediate=False, transposed_B=True),
@@ -224,7 +225,7 @@ def _make_cases(d: int, tokens: int, r: int, seed: int, ablations: bool = False)
     if ablations:
         from .bench_e2e import ablate
 
-        for case, flags in _ABLATION_FLAGS.items():
+        for case, flags in ABLATION_FLAGS.items():
             layer = LoRALinear(nn.Linear(d, d), r=r, alpha=2 * r)
             layer.base.load_state_dict(base.state_dict())
             with torch.no_grad():

@@ -65,6 +65,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..io import atomic_write
+from .bench import ABLATION_FLAGS
 from ..layer import LoRALinear
 
 __all__ = ["CONFIGS", "RESULT_PATH", "ablate", "build_step", "Timing", "time_steps", "MemoryPeak",
@@ -74,13 +75,8 @@ __all__ = ["CONFIGS", "RESULT_PATH", "ablate", "build_step", "Timing", "time_ste
 CONFIGS = ("full", "lorakit", "peft", "row_major_B", "unfused", "unfused_scale_output",
            "unfused_scale_output_row_major_B")
 #: The ablations: which of lorakit's speed choices each keeps (Chapter 14).
-_ABLATIONS = {
-    "lorakit": dict(fused=True, scale_intermediate=True, transposed_B=True),
-    "row_major_B": dict(fused=True, scale_intermediate=True, transposed_B=False),
-    "unfused": dict(fused=False, scale_intermediate=True, transposed_B=True),
-    "unfused_scale_output": dict(fused=False, scale_intermediate=False, transposed_B=True),
-    "unfused_scale_output_row_major_B": dict(fused=False, scale_intermediate=False, transposed_B=False),
-}
+_ABLATIONS = {"lorakit": dict(fused=True, scale_intermediate=True, transposed_B=True),
+              **{case.removesuffix("_step"): flags for case, flags in ABLATION_FLAGS.items()}}
 #: Where ``make bench`` stores the full run that Chapter 14 loads (inside the package).
 RESULT_PATH = Path(__file__).with_name("results") / "ch14_bench_e2e.json"
 TARGETS = ("query", "value")
