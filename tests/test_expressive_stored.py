@@ -1,4 +1,5 @@
 """The stored expressive-power grid: one entry's replicas equal one run_experiment per setting."""
+import pytest
 import torch
 
 from lorakit.book.expressive import stored
@@ -42,3 +43,21 @@ def test_grid_points_cover_the_papers_grid() -> None:
     assert keys == folded
     n_sgd = sum(1 for c in configs if c.method == "sgd")
     assert n_sgd == 12 * sum(1 for k in folded if k[4] == "sgd")
+
+
+def test_paper_median_picks_by_validation_not_test() -> None:
+    """The best setting is chosen on validation loss; the test loss of that setting is reported."""
+    entries = [({"rank": 2, "method": "sgd", "shape": "x", "seed": s},
+                {"validation_loss": [0.5, 0.1, 0.3], "test_loss": [0.0, 1.0 + s, 0.0]}) for s in range(3)]
+    entries += [({"rank": 2, "method": "ours", "shape": "x", "seed": 0},
+                 {"validation_loss": [None], "test_loss": [7.0]}),
+                ({"rank": 2, "method": "sgd", "shape": "y", "seed": 0},
+                 {"validation_loss": [0.0], "test_loss": [99.0]})]
+    median, per_rank = stored.paper_median(entries, method="sgd", shape="x")
+    assert per_rank == {2: {0: 1.0, 1: 2.0, 2: 3.0}} and median == {2: 2.0}
+    assert stored.paper_median(entries, method="ours")[0] == {2: 7.0}
+    flt = [({"rank": 1, "last_layers": k, "method": "flt", "seed": 0},
+            {"validation_loss": [1], "test_loss": [k]}) for k in (3, 1)]
+    assert stored.paper_median(flt, by="last_layers")[0] == {1: 1, 3: 3}
+    with pytest.raises(ValueError, match="two entries"):  # the shapes were not told apart
+        stored.paper_median(entries, method="sgd")

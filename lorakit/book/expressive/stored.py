@@ -14,12 +14,14 @@ pretraining ``seed+1``, batches then the validation batch ``seed+2``, the test s
 
 The families stored: ``linear`` (Fig. 1: ``L̄ = 1``, ``L = 2``, no biases) in
 :data:`LINEAR_GRID`; the ReLU FNNs (``(L̄, L) ∈ {(1, 2), (2, 4)}``, fixed and tunable biases) in
-:data:`RELU_GRID`. Make one with ``make results-run EXPERIMENT=lorakit.book.expressive.stored:LINEAR_GRID``.
+:data:`RELU_GRID`; final-layer tuning against LoRA at ``L = 8`` in :data:`FLT_GRID`.
+:func:`paper_median` aggregates them as the paper does. Make one with ``make results-run EXPERIMENT=lorakit.book.expressive.stored:LINEAR_GRID``.
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from .experiment import LRS, WDS, Config, _gen, run_experiment
 from .methods import trainable_parameters
 from .models import make_fnn_pair, pretrain, sample_inputs
 
-__all__ = ["run_point", "grid_points", "results_path", "command", "flt_points", "LINEAR_GRID", "RELU_GRID",
+__all__ = ["run_point", "grid_points", "results_path", "command", "flt_points", "paper_median", "LINEAR_GRID", "RELU_GRID",
            "FLT_GRID", "SHAPES"]
 
 #: The frozen/target shapes of each family, as :class:`~.experiment.Config` fields (Chapter 4).
@@ -193,3 +195,40 @@ def results_path(experiment: Experiment) -> Path:
         raise FileNotFoundError(f"{path} is missing: make it, from the repository's root, with: "
                                 f"{command(experiment)}")
     return path
+
+
+def paper_median(entries, *, by: str = "rank", **match: Any) -> tuple[dict, dict]:
+    """The paper's aggregation of stored entries: best validation setting per seed, median over seeds (Chapter 5).
+
+    For each value of ``by`` (the rank, or ``last_layers`` for final-layer tuning), every matching
+    entry (one seed) contributes the test MSE of its lr × wd setting with the lowest validation loss
+    (the construction, which has one setting and no validation loss, its one test MSE).
+
+    Args:
+        entries: ``(point, result)`` pairs, e.g. ``results.load(...).entries``.
+        by: the point field on the x axis.
+        **match: point fields an entry must have, e.g. ``shape="relu_2_4", method="sgd"``.
+
+    Returns:
+        ``({x: median over seeds}, {x: {seed: value}})``, sorted by ``x`` (the second pairs methods
+        by seed).
+
+    Example:
+        >>> runs = [({"rank": 1, "method": "sgd", "seed": s},
+        ...          {"validation_loss": [0.2, 0.1], "test_loss": [9.0, 0.1 * s]}) for s in (1, 2, 3)]
+        >>> paper_median(runs, method="sgd")[0]
+        {1: 0.2}
+    """
+    per_x: dict[Any, dict[int, float]] = {}
+    for point, result in entries:
+        if any(point.get(key) != value for key, value in match.items()):
+            continue
+        score = result["test_loss"] if point["method"] == "ours" else result["validation_loss"]
+        best = min(range(len(score)), key=score.__getitem__)
+        seeds = per_x.setdefault(point[by], {})
+        if point["seed"] in seeds:
+            raise ValueError(f"two entries for {by}={point[by]}, seed {point['seed']}: match more fields "
+                             f"than {sorted(match)}")
+        seeds[point["seed"]] = result["test_loss"][best]
+    per_x = dict(sorted(per_x.items()))
+    return {x: statistics.median(v.values()) for x, v in per_x.items()}, per_x
