@@ -127,6 +127,8 @@ class Experiment:
             for a 100-epoch run whose results are per-epoch lists: the short run's lists must then equal
             the first values of the stored ones (every other value exactly as usual). Only for runs
             whose first epochs do not depend on how many follow (no schedule over the whole run).
+        verify_sample: at most this many entries re-run by :func:`verify`, for experiments whose
+            every entry is minutes of CPU (``None``: as many as asked).
 
     Example:
         >>> def square(config):
@@ -147,6 +149,7 @@ class Experiment:
     atol: float = 1e-9
     entry: str | None = None
     check: Mapping[str, Any] | None = None
+    verify_sample: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -729,6 +732,8 @@ def verify(
     stored = load(path, experiment)
     by_key = {_canonical(p): r for p, r in stored.entries}
     order = [p for p in experiment.points() if _canonical(p) in by_key]
+    if experiment.verify_sample is not None:
+        sample = min(sample, experiment.verify_sample)
     chosen = sorted(random.Random(seed).sample(range(len(order)), min(sample, len(order))))
     exact = stored.header["numerics"] == numerics()
     rtol, atol = (0.0, 0.0) if exact else (experiment.rtol, experiment.atol)

@@ -3,7 +3,8 @@
 For each notebook: run it top to bottom in a fresh kernel (the venv's Python) under the pinned
 CPU numerics of scripts/numerics.env, merge stream fragments (rpy2 and tqdm write many), save
 the widget state so the static site can show widgets, give every progress bar the text of its
-final state, and record the run time in book/status.md.
+final state, record the run time in book/status.md, and print the slowest cells (where to look
+when a chapter is over its budget).
 
 Usage: python scripts/execute_notebooks.py notebooks/01_minimal_lora.ipynb [...]
 """
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -66,22 +68,34 @@ def store_final_progress_text(nb) -> None:
                 output["data"]["text/plain"] = final
 
 
-def execute(path: Path) -> float:
+def cell_seconds(cell) -> float:
+    """A cell's run time from the timestamps nbclient records (0 if it has none)."""
+    stamps = cell.metadata.get("execution", {})
+    start, end = stamps.get("iopub.execute_input"), stamps.get("shell.execute_reply")
+    if not (start and end):
+        return 0.0
+    parse = lambda stamp: datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def execute(path: Path) -> tuple[float, list[tuple[float, int]]]:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
-        store_widget_state=True, record_timing=False,
+        store_widget_state=True, record_timing=True,
     )
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
+    slowest = sorted(((cell_seconds(c), i) for i, c in enumerate(nb.cells) if c.cell_type == "code"),
+                     reverse=True)[:5]
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = coalesce_streams(cell.outputs)
-            cell.metadata.pop("execution", None)
+            cell.metadata.pop("execution", None)  # timestamps would make every run a diff
     store_final_progress_text(nb)
     nbformat.write(nb, path)
-    return elapsed
+    return elapsed, slowest
 
 
 def write_status(times: dict[str, float]) -> None:
@@ -119,9 +133,10 @@ def main(paths: list[str]) -> None:
     for name in paths:
         path = Path(name).resolve()
         print(f"executing {path.relative_to(ROOT)} ...", flush=True)
-        seconds = execute(path)
+        seconds, slowest = execute(path)
         record_time(str(path.relative_to(ROOT)), seconds)
-        print(f"  done in {seconds:.1f} s", flush=True)
+        cells = ", ".join(f"[{i}] {t:.1f} s" for t, i in slowest)
+        print(f"  done in {seconds:.1f} s; slowest cells: {cells}", flush=True)
 
 
 if __name__ == "__main__":

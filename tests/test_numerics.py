@@ -87,3 +87,14 @@ def test_make_test_runs_every_stage_and_reports_all(tmp_path) -> None:
     assert "ran-ok" in run.stdout and "ran-later" in run.stdout  # the stage after the failure still ran
     summary = run.stdout.split("make test: summary")[1]
     assert "ok" in summary and "bad           FAILED" in summary and "1 of 3 stages: bad" in summary
+
+
+def test_cell_seconds_reads_nbclients_timestamps() -> None:
+    """`make notebooks` names the slowest cells from the timestamps nbclient records."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("x = 1")
+    assert execute_notebooks.cell_seconds(cell) == 0.0
+    cell.metadata["execution"] = {"iopub.execute_input": "2026-12-05T21:00:00.250000Z",
+                                  "shell.execute_reply": "2026-12-05T21:00:02.000000Z"}
+    assert execute_notebooks.cell_seconds(cell) == 1.75

@@ -236,6 +236,14 @@ def test_verify_passes_and_detects_a_tampered_value(tmp_path: Path) -> None:
     assert "1 DO NOT reproduce exactly" in check.summary() and '{"lr":0.1,"seed":1} loss: stored' in check.report()
 
 
+def test_an_expensive_experiment_caps_its_verification_sample(tmp_path: Path) -> None:
+    capped = dataclasses.replace(DEMO, name="capped", verify_sample=1, entry="tests.test_results:DEMO")
+    path = _run(tmp_path, capped)
+    CALLS.clear()
+    check = verify(path, sample=3, experiment=capped)
+    assert check.ok and len(check.checked) == 1 and len(CALLS) == 1
+
+
 def curve_run(config: dict) -> dict:
     """A per-epoch curve whose first epochs do not depend on how many follow (a prefix-checkable run)."""
     g = torch.Generator().manual_seed(config["seed"])

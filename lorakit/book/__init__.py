@@ -21,6 +21,7 @@ imports from here (a test enforces the direction).
 * :mod:`lorakit.book.realtext` — Chapter 13's real-text task (topics of BSD ``fortunes``);
 * :mod:`lorakit.book.bench` — Chapter 14's speed benchmark (layer level);
 * :mod:`lorakit.book.bench_e2e` — Chapter 14's end-to-end benchmark (a real transformer's step);
+* :mod:`lorakit.book.storage` — where the stored full-scale results are (Chapters 2–6);
 * :mod:`lorakit.book.text` — :func:`~lorakit.book.text.say`, printed prose wrapped at the site's width.
 
 Nothing is imported here: ``import lorakit.book.transfer`` loads only what it needs.

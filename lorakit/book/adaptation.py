@@ -40,6 +40,7 @@ from ..results import Experiment
 from ..train import accuracy
 from .data import load_fashion_mnist
 from .scaffold import finetune, rotate
+from .storage import RESULTS_DIR, results_file
 from .transfer import DOWNSTREAM_N_TRAIN, PRETRAIN_N, downstream_task, prepare_finetuning, pretrained_mlp
 
 __all__ = [
@@ -248,13 +249,8 @@ COMMAND = "make results-run EXPERIMENT=lorakit.book.adaptation:ADAPTATION"
 
 
 #: The book's stored results, inside the package so that a wheel (Colab) carries them (Chapter 3).
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
 def results_path() -> Path:
     """Where the stored ``ch03_adaptation.jsonl`` is: ``lorakit/book/results/`` (Chapter 3).
-
-    The file ships inside the package (a wheel, and so Colab, has it too).
 
     Raises:
         FileNotFoundError: it is missing; the message says how to make it.
@@ -263,8 +259,4 @@ def results_path() -> Path:
         >>> results_path().relative_to(RESULTS_DIR.parent).as_posix()
         'results/ch03_adaptation.jsonl'
     """
-    path = RESULTS_DIR / f"{ADAPTATION.name}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: make it (about 10 min on one core), from the "
-                                f"repository's root, with: {COMMAND}")
-    return path
+    return results_file(ADAPTATION, COMMAND, "about 10 min on one core")

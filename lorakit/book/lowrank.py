@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ..io import atomic_write
 from ..results import Experiment
 from .scaffold import FinetuneResult, finetune
+from .storage import results_file
 
 __all__ = [
     "LAYER_SIZES",
@@ -458,11 +459,7 @@ def sweep_results_path() -> Path:
         >>> sweep_results_path().name
         'ch02_source_sweep.jsonl'
     """
-    path = Path(__file__).resolve().parent / "results" / f"{SOURCE_SWEEP.name}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: make it (about an hour on two cores), from the "
-                                f"repository's root, with: {SOURCE_SWEEP_COMMAND}")
-    return path
+    return results_file(SOURCE_SWEEP, SOURCE_SWEEP_COMMAND, "about an hour on two cores")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:

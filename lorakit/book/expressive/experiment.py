@@ -34,7 +34,7 @@ from ...io import atomic_write
 from .methods import adapt_ours_fnn, adapt_ours_tfn, mse, train_adapter, trainable_parameters
 from .models import make_fnn_pair, make_tfn_pair, pretrain, sample_inputs
 
-__all__ = ["Config", "Result", "format_mse", "validate", "run_experiment", "format_settings", "format_report", "grid", "run_grid", "summarize"]
+__all__ = ["Config", "Result", "format_mse", "validate", "make_pair", "run_experiment", "format_settings", "format_report", "grid", "run_grid", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Config:
     For ``exp="tfn"`` the frozen depth is ``target_depth`` (the paper's transformer
     experiments use equal depths); ``frozen_depth``, ``use_bias``, ``activation``,
     ``init_mode`` other than ``default``, ``tune_bias`` and ``last_layers`` do not apply.
+    ``draw_order`` (not a flag of the paper's) is :func:`~.models.make_tfn_pair`'s: ``"paper"``
+    (the frozen TFN changes with the rank, as in the paper's code) or ``"rank_independent"``.
 
     Example:
         >>> cfg = Config(width=8, rank=4, method="ours")
@@ -77,6 +79,7 @@ class Config:
     seq_length: int = 10
     exp: str = "fnn"
     wandb: int = 0
+    draw_order: str = "paper"
 
 
 @dataclass
@@ -159,6 +162,8 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"n_head={cfg.n_head} and seq_length={cfg.seq_length} must be >= 1")
         if cfg.rank_step != 0:
             raise ValueError("rank_step applies to FNNs only: set --rank_step 0 with --exp tfn")
+        if cfg.draw_order not in ("paper", "rank_independent"):
+            raise ValueError(f"draw_order={cfg.draw_order!r} is unknown: use 'paper' or 'rank_independent'")
         return
     if cfg.activation not in ("relu", "linear"):
         raise ValueError(f"activation={cfg.activation!r} is unknown: use 'relu' or 'linear'")
@@ -199,6 +204,24 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def make_pair(cfg: Config) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(target, frozen)`` of ``cfg``'s family, drawn from ``cfg.seed`` (Chapter 4).
+
+    Example:
+        >>> target, frozen = make_pair(Config(width=4, rank=2))
+        >>> len(frozen.layers), len(target.layers)
+        (2, 1)
+    """
+    torch.manual_seed(cfg.seed)
+    if cfg.exp == "fnn":
+        return make_fnn_pair(
+            cfg.width, cfg.target_depth, cfg.frozen_depth, cfg.rank, use_bias=bool(cfg.use_bias),
+            activation=cfg.activation, std=cfg.std, init_mode=cfg.init_mode, rank_step=cfg.rank_step, seed=cfg.seed,
+        )
+    return make_tfn_pair(cfg.width, cfg.target_depth, cfg.rank, n_head=cfg.n_head, std=cfg.std, seed=cfg.seed,
+                         draw_order=cfg.draw_order)  # type: ignore[arg-type]
+
+
 def run_experiment(cfg: Config, *, progress: bool = True, log: Callable[..., None] = print) -> Result:
     """Run one configuration and return its :class:`Result` (see the module doc for the random streams) (Chapter 4).
 
@@ -213,15 +236,8 @@ def run_experiment(cfg: Config, *, progress: bool = True, log: Callable[..., Non
         True
     """
     validate(cfg)
-    torch.manual_seed(cfg.seed)
     D = cfg.width
-    if cfg.exp == "fnn":
-        target, frozen = make_fnn_pair(
-            D, cfg.target_depth, cfg.frozen_depth, cfg.rank, use_bias=bool(cfg.use_bias),
-            activation=cfg.activation, std=cfg.std, init_mode=cfg.init_mode, rank_step=cfg.rank_step, seed=cfg.seed,
-        )
-    else:
-        target, frozen = make_tfn_pair(D, cfg.target_depth, cfg.rank, n_head=cfg.n_head, std=cfg.std, seed=cfg.seed)
+    target, frozen = make_pair(cfg)
     stop = None
     if cfg.pretrained:
         log("Pretraining...")

@@ -30,12 +30,14 @@ from torch.nn import functional as F
 
 from ...replicas import ReplicaTrainer, mse_loss, stacked
 from ...results import Experiment
-from .experiment import LRS, WDS, Config, _gen, run_experiment
+from ..storage import results_file
+from .experiment import LRS, WDS, Config, _gen, make_pair, run_experiment
 from .methods import trainable_parameters
-from .models import make_fnn_pair, pretrain, sample_inputs
+from .models import pretrain, sample_inputs
 
-__all__ = ["run_point", "grid_points", "results_path", "command", "flt_points", "paper_median", "LINEAR_GRID", "RELU_GRID",
-           "FLT_GRID", "SHAPES"]
+__all__ = ["run_point", "grid_points", "results_path", "command", "flt_points", "rank_step_points", "tfn_points",
+           "paper_median", "LINEAR_GRID", "RELU_GRID", "FLT_GRID", "RANK_STEP_GRID", "TFN_GRID", "TFN_SLICE", "README_TFN", "run_command",
+           "SHAPES"]
 
 #: The frozen/target shapes of each family, as :class:`~.experiment.Config` fields (Chapter 4).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -43,6 +45,9 @@ SHAPES: dict[str, dict[str, Any]] = {
     "relu_1_2": dict(target_depth=1, frozen_depth=2, use_bias=1, activation="relu"),
     "relu_2_4": dict(target_depth=2, frozen_depth=4, use_bias=1, activation="relu"),
     "relu_1_8": dict(target_depth=1, frozen_depth=8, use_bias=1, activation="relu"),
+    # Chapter 6: the transformer (D = 16, H = 2, N = 10), frozen base drawn independently of R
+    "tfn_1": dict(exp="tfn", target_depth=1, frozen_depth=1, draw_order="rank_independent"),
+    "tfn_2": dict(exp="tfn", target_depth=2, frozen_depth=2, draw_order="rank_independent"),
 }
 
 
@@ -51,7 +56,8 @@ def _config(config: dict, lr: float = LRS[0], weight_decay: float = WDS[0]) -> C
                   batch_size=config["batch_size"], n_test=config["n_test"], std=config["std"],
                   seed=config["seed"], pretrained=config["pretrained"], rank=config["rank"],
                   method=config["method"], tune_bias=config["tune_bias"],
-                  last_layers=config.get("last_layers", 1), lr=lr, weight_decay=weight_decay)
+                  last_layers=config.get("last_layers", 1), rank_step=config.get("rank_step", 0),
+                  lr=lr, weight_decay=weight_decay)
     return Config(**fields)
 
 
@@ -82,14 +88,11 @@ def run_point(config: dict) -> dict[str, Any]:
                 "test_loss": [res.test_loss], "trainable": res.trainable}
     settings = [(lr, wd) for lr in config["lrs"] for wd in config["wds"]]
     cfg = _config(config)
-    torch.manual_seed(cfg.seed)
-    target, frozen = make_fnn_pair(cfg.width, cfg.target_depth, cfg.frozen_depth, cfg.rank,
-                                   use_bias=bool(cfg.use_bias), activation=cfg.activation, std=cfg.std,
-                                   init_mode=cfg.init_mode, rank_step=cfg.rank_step, seed=cfg.seed)
+    target, frozen = make_pair(cfg)
     if cfg.pretrained:
         pretrain(frozen, target, width=cfg.width, epochs=cfg.pretrained_epochs, lr=cfg.pretrained_lr,
                  level=cfg.pretrained_level, batch_size=cfg.batch_size, generator=_gen(cfg.seed + 1),
-                 progress=False)
+                 seq_length=cfg.seq_length, progress=False)
     params = trainable_parameters(frozen, cfg.method, tune_bias=bool(cfg.tune_bias), last_layers=cfg.last_layers)
     K = len(settings)
     # The 12 runs share the frozen model and the batch stream: one model draw, one data seed.
@@ -98,7 +101,7 @@ def run_point(config: dict) -> dict[str, Any]:
                              optimizer="adam", data_seeds=[cfg.seed + 2] * K)
 
     def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        X = sample_inputs(frozen, cfg.batch_size, cfg.width, g)
+        X = sample_inputs(frozen, cfg.batch_size, cfg.width, g, cfg.seq_length)
         with torch.no_grad():
             return X, target(X)
 
@@ -110,8 +113,8 @@ def run_point(config: dict) -> dict[str, Any]:
         return trainer.evaluate(lambda model, x, t: F.mse_loss(model(x), t), X, y).tolist()
 
     (generator,) = trainer.generators()  # after n_epochs batches: the validation batch comes next
-    validation = scored(sample_inputs(frozen, cfg.batch_size, cfg.width, generator))
-    test = scored(sample_inputs(frozen, cfg.n_test, cfg.width, _gen(cfg.seed + 4)))
+    validation = scored(sample_inputs(frozen, cfg.batch_size, cfg.width, generator, cfg.seq_length))
+    test = scored(sample_inputs(frozen, cfg.n_test, cfg.width, _gen(cfg.seed + 4), cfg.seq_length))
     return {"lr": [lr for lr, _ in settings], "weight_decay": [wd for _, wd in settings],
             "validation_loss": validation, "test_loss": test, "trainable": sum(p.numel() for p in params)}
 
@@ -156,6 +159,34 @@ def flt_points(*, width: int = 16, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> 
     return points
 
 
+def rank_step_points(*, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> list[dict]:
+    """The paper's rank-step runs: L̄ = 2, L = 4, R = 8, layer ``l`` (from 0) of rank ``8 + step·l`` (Chapter 5).
+
+    Gradient LoRA with tunable biases, ``step`` ∈ {−2, −1, 1, 2}, random and pretrained frozen
+    models. The constant-rank runs (``step`` = 0) are the ``relu_2_4``, ``R = 8`` entries of
+    :data:`RELU_GRID`: the same frozen models, since an FNN's base weights are drawn before any factor.
+
+    Example:
+        >>> len(rank_step_points(seeds=(0,)))
+        8
+    """
+    return [dict(shape="relu_2_4", seed=seed, pretrained=pretrained, rank=8, method="sgd", tune_bias=1,
+                 rank_step=step)
+            for seed in seeds for pretrained in (0, 1) for step in (-2, -1, 1, 2)]
+
+
+def tfn_points(*, ranks=range(1, 17), depths: tuple[int, ...] = (1, 2), pretrained: tuple[int, ...] = (0, 1),
+               methods: tuple[str, ...] = ("sgd", "ours"), seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> list[dict]:
+    """The paper's transformer family (D = 16, H = 2, N = 10, L̄ = L = depth), or a slice of it (Chapter 6).
+
+    Example:
+        >>> len(tfn_points(seeds=(0,))), len(tfn_points(ranks=(8,), depths=(1,), pretrained=(0,), methods=("sgd",)))
+        (128, 5)
+    """
+    return [dict(shape=f"tfn_{depth}", seed=seed, pretrained=pre, rank=rank, method=method, tune_bias=1)
+            for seed in seeds for pre in pretrained for depth in depths for rank in ranks for method in methods]
+
+
 _SETTINGS = dict(width=16, n_epochs=5000, batch_size=256, n_test=5000, std=0.25, lrs=list(LRS), wds=list(WDS))
 
 #: Fig. 1's grid — the linear model, random and pretrained, ranks 1–16, 5 seeds (Chapter 4).
@@ -167,6 +198,43 @@ RELU_GRID = Experiment("ch05_relu_grid", run_point, grid=grid_points(["relu_1_2"
 
 #: The LoRA-vs-final-layers grid — L̄ = 1, L = 8, by number of tunable parameters (Chapter 5).
 FLT_GRID = Experiment("ch05_flt_grid", run_point, grid=flt_points(), settings=_SETTINGS)
+
+
+#: The rank-step runs — layers of unequal rank around R = 8, L̄ = 2, L = 4 (Chapter 5).
+RANK_STEP_GRID = Experiment("ch05_rank_step_grid", run_point, grid=rank_step_points(), settings=_SETTINGS)
+
+#: The transformer family at the paper's protocol. Not stored: about 45 CPU-hours here (Chapter 6).
+TFN_GRID = Experiment("ch06_tfn_grid", run_point, grid=tfn_points(), settings=_SETTINGS)
+
+#: The stored slice of :data:`TFN_GRID` — gradient LoRA, depth 1, random frozen models, R ∈ {4, 8, 16}
+#: (below, at and above the threshold D/2), 5 seeds, the paper's 12 settings and 5000 steps (Chapter 6).
+TFN_SLICE = Experiment("ch06_tfn_slice", run_point, settings=_SETTINGS, verify_sample=1,
+                       grid=tfn_points(ranks=(4, 8, 16), depths=(1,), pretrained=(0,), methods=("sgd",)))
+
+
+_README_3 = ("--width 8 --target_depth 1 --rank 2 --n_head 2 --batch_size 256 --seq_length 10 --method sgd "
+             "--n_epochs 800 --lr .001 --weight_decay .01 --exp tfn --wandb 0 --std 0.25 --n_test 5000")
+_README_4 = _README_3 + " --pretrained 1 --pretrained_epochs 1000 --pretrained_lr .002 --pretrained_level 3"
+
+
+def run_command(config: dict) -> dict[str, Any]:
+    """One ``python -m lorakit.book.expressive`` run with the flags ``config["flags"]`` (Chapter 6).
+
+    Example:
+        >>> run_command({"flags": "--width 4 --rank 2 --method ours --n_test 10"})["test_loss"] < 1e-12
+        True
+    """
+    from .cli import build_parser  # the command line's own parser, so the flags mean what they mean there
+
+    args = vars(build_parser().parse_args(config["flags"].split()))
+    res = run_experiment(Config(**{k: args[k] for k in Config.__dataclass_fields__}), progress=False,
+                         log=lambda *a: None)
+    return {"validation_loss": res.validation_loss, "test_loss": res.test_loss, "pretrain_stop": res.pretrain_stop}
+
+
+#: The paper's README examples 3 and 4 (a D = 8 transformer, 800 steps), run with its flags (Chapter 6).
+README_TFN = Experiment("ch06_readme_examples", run_command,
+                        grid=[{"example": 3, "flags": _README_3}, {"example": 4, "flags": _README_4}])
 
 
 def command(experiment: Experiment) -> str:
@@ -190,11 +258,7 @@ def results_path(experiment: Experiment) -> Path:
         >>> results_path(LINEAR_GRID).name
         'ch04_linear_grid.jsonl'
     """
-    path = Path(__file__).resolve().parents[1] / "results" / f"{experiment.name}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: make it, from the repository's root, with: "
-                                f"{command(experiment)}")
-    return path
+    return results_file(experiment, command(experiment))
 
 
 def paper_median(entries, *, by: str = "rank", **match: Any) -> tuple[dict, dict]:
