@@ -52,6 +52,8 @@ __all__ = [
     "run_source_sweep",
     "SOURCE_SWEEP",
     "SOURCE_SWEEP_COMMAND",
+    "ADAM_RUNS",
+    "ADAM_RUNS_COMMAND",
     "sweep_results_path",
 ]
 
@@ -447,6 +449,19 @@ SOURCE_SWEEP = Experiment(
 
 #: The committed command that (re)makes the stored sweep, from the repository root (Chapter 2).
 SOURCE_SWEEP_COMMAND = "make results-run EXPERIMENT=lorakit.book.lowrank:SOURCE_SWEEP WORKERS=2"
+
+#: Chapter 2's optimizer check: three of the sweep's models, its batches and seeds, Adam at its
+#: default rate 1e-3 instead of SGD, for 2 epochs (Chapter 2).
+ADAM_RUNS = Experiment(
+    "ch02_adam_runs", run_source_sweep,
+    grid=[{"kind": "mlp", "r": None}, {"kind": "lowrank", "r": 16}, {"kind": "ae", "r": 16}],
+    settings={"epochs": 2, "lr": 1e-3, "batch_size": 64, "seeds": [0, 1, 2], "n_train": None,
+              "optimizer": "adam"},
+    check={"epochs": 1},
+)
+
+#: The committed command that (re)makes :data:`ADAM_RUNS`'s file (about a minute) (Chapter 2).
+ADAM_RUNS_COMMAND = "make results-run EXPERIMENT=lorakit.book.lowrank:ADAM_RUNS WORKERS=2"
 
 
 def sweep_results_path() -> Path:
