@@ -7,7 +7,8 @@ trainable parameters of ``K`` independent replicas along a leading replica dimen
 vectorised step for all of them (:func:`torch.func.vmap` over :func:`torch.func.functional_call`,
 one autograd backward, one vectorised optimizer update). Each replica has its own seed
 (initialisation and batch order), its own learning rate and weight decay; the result is the same as
-``K`` separate runs with ``torch.optim`` (to float32 rounding, see ``tests/test_replicas.py``).
+``K`` separate runs with ``torch.optim`` (to float32 rounding per step, see ``tests/test_replicas.py``;
+over thousands of steps of a chaotic training those differences can grow to a few percent).
 
 How it is computed:
 

@@ -1,4 +1,4 @@
-"""The paper's grid as stored results, trained on the replica engine (Chapters 4–5).
+"""The paper's grid as stored results, trained on the replica engine (Chapters 4–6).
 
 The expressive-power paper's figures aggregate thousands of runs: for every frozen model (family,
 seed, random or pretrained) and every rank, the gradient method ('sgd': Adam on the LoRA factors,
@@ -9,12 +9,16 @@ Here one stored entry is one (frozen model, rank, method): its 12 learning-rate 
 share the frozen model and the batch stream, so they are trained as 12 replicas of one computation
 (:class:`lorakit.replicas.ReplicaTrainer`, grouped-``bmm`` engine). Each replica equals one
 :func:`~.experiment.run_experiment` of the same :class:`~.experiment.Config` to float32 rounding
-(``tests/test_expressive_stored.py``); the random streams are the same (models from ``seed``,
+(``tests/test_expressive_stored.py``, on short runs: over thousands of steps float32 rounding
+differences can grow, and the two may end a few percent apart); the random streams are the same (models from ``seed``,
 pretraining ``seed+1``, batches then the validation batch ``seed+2``, the test set ``seed+4``).
 
 The families stored: ``linear`` (Fig. 1: ``L̄ = 1``, ``L = 2``, no biases) in
 :data:`LINEAR_GRID`; the ReLU FNNs (``(L̄, L) ∈ {(1, 2), (2, 4)}``, fixed and tunable biases) in
-:data:`RELU_GRID`; final-layer tuning against LoRA at ``L = 8`` in :data:`FLT_GRID`.
+:data:`RELU_GRID`; final-layer tuning against LoRA at ``L = 8`` in :data:`FLT_GRID`; the rank-step
+runs in :data:`RANK_STEP_GRID`; the transformer at depth 1 and ranks 4, 8, 16 in :data:`TFN_SLICE`
+(the whole transformer family, :data:`TFN_GRID`, is defined but not stored: about 45 CPU-hours here);
+the README's transformer examples in :data:`README_TFN`.
 :func:`paper_median` aggregates them as the paper does. Make one with ``make results-run EXPERIMENT=lorakit.book.expressive.stored:LINEAR_GRID``.
 """
 
