@@ -450,7 +450,7 @@ SOURCE_SWEEP = Experiment(
 #: The committed command that (re)makes the stored sweep, from the repository root (Chapter 2).
 SOURCE_SWEEP_COMMAND = "make results-run EXPERIMENT=lorakit.book.lowrank:SOURCE_SWEEP WORKERS=2"
 
-#: Chapter 2's optimizer check: three of the sweep's models, its batches and seeds, Adam at its
+#: Chapter 2's optimizer check — three of the sweep's models, its batches and seeds, Adam at its
 #: default rate 1e-3 instead of SGD, for 2 epochs (Chapter 2).
 ADAM_RUNS = Experiment(
     "ch02_adam_runs", run_source_sweep,

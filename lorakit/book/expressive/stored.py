@@ -207,7 +207,7 @@ FLT_GRID = Experiment("ch05_flt_grid", run_point, grid=flt_points(), settings=_S
 #: The rank-step runs — layers of unequal rank around R = 8, L̄ = 2, L = 4 (Chapter 5).
 RANK_STEP_GRID = Experiment("ch05_rank_step_grid", run_point, grid=rank_step_points(), settings=_SETTINGS)
 
-#: The transformer family at the paper's protocol. Not stored: about 45 CPU-hours here (Chapter 6).
+#: The transformer family at the paper's protocol, not stored (about 45 CPU-hours here) (Chapter 6).
 TFN_GRID = Experiment("ch06_tfn_grid", run_point, grid=tfn_points(), settings=_SETTINGS)
 
 #: The stored slice of :data:`TFN_GRID` — gradient LoRA, depth 1, random frozen models, R ∈ {4, 8, 16}
