@@ -156,6 +156,11 @@ class Experiment:
             raise ValueError(f"name={self.name!r} must be letters, digits, '_', '-', '.' (it names the file)")
         if not callable(self.run):
             raise TypeError(f"run={self.run!r} must be a function config -> dict of results")
+        if self.verify_sample is not None and (isinstance(self.verify_sample, bool)
+                                               or not isinstance(self.verify_sample, int)
+                                               or self.verify_sample < 1):
+            # 0 would make verify re-run nothing and still report "all reproduce"
+            raise ValueError(f"verify_sample={self.verify_sample!r} must be a positive int or None")
         if self.rtol < 0 or self.atol < 0:
             raise ValueError(f"rtol={self.rtol}, atol={self.atol} must be >= 0")
         settings = _jsonable(dict(self.settings), f"{self.name}.settings")

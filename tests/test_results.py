@@ -212,6 +212,9 @@ def test_experiments_are_checked_when_defined() -> None:
         Experiment("x", toy_run, grid={"seed": [0]}, settings={"seed": 1})
     with pytest.raises(ValueError, match="empty grid"):
         Experiment("x", toy_run, grid=[])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="verify_sample"):
+            Experiment("x", toy_run, grid={"seed": [0]}, verify_sample=bad)
     with pytest.raises(TypeError, match="store only numbers"):
         Experiment("x", toy_run, grid={"f": [object()]})
     with pytest.raises(ValueError, match="entry="):
