@@ -63,7 +63,8 @@ def _check_on_singular(on_singular: Any) -> None:
 
 
 def adam_moments(
-    state: dict[str, Any], grad: torch.Tensor, betas: tuple[float, float], eps: float
+    state: dict[str, Any], grad: torch.Tensor, betas: tuple[float, float], eps: float,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Advance Adam's moments in ``state`` by ``grad``; return ``(m, √v̂ + eps, 1 − β₁ᵗ)`` (Chapter 10).
 
@@ -71,7 +72,9 @@ def adam_moments(
     :class:`ScaledAdamW` applies to preconditioned gradients and :func:`adam_direction` returns for
     :class:`lorakit.variants.GaLoreAdamW`'s projected ones. ``state`` gains ``exp_avg`` and ``exp_avg_sq``
     (shaped like ``grad``) on first use and its ``step`` count (int or tensor) is incremented; the
-    arithmetic is ``torch.optim.AdamW``'s.
+    arithmetic is ``torch.optim.AdamW``'s. ``out``, a tensor shaped like ``grad``, receives the
+    denominator instead of a new one (the same numbers): a caller that steps large tensors keeps it
+    to avoid a fresh allocation, and its page faults, every step.
 
     Example:
         >>> state = {"step": 0}
@@ -88,7 +91,10 @@ def adam_moments(
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+    if out is None:
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
+    else:
+        denom = torch.sqrt(exp_avg_sq, out=out).div_(math.sqrt(1 - beta2**t)).add_(eps)
     return exp_avg, denom, 1 - beta1**t
 
 

@@ -30,29 +30,37 @@ ratios mean something.
 Runs per second are for a run of ``run_steps`` steps (5000 for Part III's models as in the paper,
 1000 for the MLP and the ViT); the ratio does not depend on it.
 
-Measured on the book's 2-core AMD EPYC machine (one thread each side, under the pinned numerics, medians
-of 3 interleaved rounds, ``--repeats 3 --design --bound``, one run of every model at load average 1.3–2.0,
-1 December 2026; other jobs shared the machine). At K = 128: FNN 11.6× with independent seeds and 15.4×
-in the grid layout (8.1–11.6× and 12.8–15.4× over five runs), TFN 1.4× and 2.75× (2.9× and 3.0× at load
-5), ViT 0.96×. At K = 8: MLP with LoRA on a shared frozen base 1.29× (1.26–1.55× over five runs, 1.77× at
-load 5), full MLP training 0.97× (0.58× at K = 32), ViT 0.97×. Neither issue-15 target is met. Why
-(``--bound``, and the FLOP counts of ``torch.utils.flop_counter``):
+Measured on the book's 2-core Intel Xeon machine (AVX-512 hardware, pinned to AVX2; one thread each
+side, medians of 3 interleaved rounds, ``--repeats 3 --design --bound``, load average below 1, 6
+December 2026). At K = 128: FNN 14.3× in the grid layout (13.1× before the grouped engine kept its
+views and gathered shared batches per chunk) and 7.4–9.0× with independent seeds, whose step is half
+data (4–9 ms of fresh normals, stacking and labels per step); TFN 1.18× and 1.59×; ViT 0.87×. At K = 8:
+MLP with LoRA on a shared frozen base 1.45× (1.43–1.54× over three runs); full MLP training 0.78×
+(0.71× before the optimizer kept its scratch tensors); ViT 0.93×. Earlier, on a 2-core AMD EPYC machine
+(1 December 2026): FNN 11.6× and 15.4×, TFN 1.4× and 2.75×, MLP 1.29×. Neither issue-15 target is met.
+Why (``--bound``, and the FLOP counts of ``torch.utils.flop_counter``):
 
-* TFN: a step is 57 MFLOP of products plus 35 for the labels; one run took 6.5 ms (14 GFLOP/s) against
-  91 GFLOP/s for a 1024³ ``mm``, interleaved in one process at load 1.9, so even at that peak K
-  replicas gain at most 91/14 ≈ 6.5×: 20× is impossible on this CPU.
-* FNN: the products of a 128-replica step alone take 2.8–3.3 ms (66 GFLOP/s) and the independent seeds'
-  fresh normals 1.8 ms, so 20× is not excluded (ceiling 41× grid, 22× independent at a one-run step of
-  0.9 ms). The engine's step (9.6 ms grid) spends the rest on elementwise memory traffic (bias, ReLU and
-  loss passes and their gradients over ``128 × 256 × 16`` activations, ~0.5 ms per 2 MB pass) and overhead.
-* MLP: its GEMMs alone take ~1.5–1.7 ms of a 2.7–5 ms step at 64 rows and run barely faster at 512 rows
-  (69 → 79 GFLOP/s), so stacking can save only the rest: at most 2.1–3.3× (LoRA) and 2.3–2.8× (full)
-  over three runs. 2× is under that ceiling but not reached: what the replicated step adds to the GEMMs
-  (LoRA factors, the ``vmap``-ed cross-entropy, the optimizer, gathering each replica's batch) is not
-  yet below what one run adds.
+* TFN: a step is 57 MFLOP of products plus 35 for the labels. One run takes 11 ms here (6.5 ms on the
+  AMD machine), and a large ``mm`` runs at 90–94 GFLOP/s on either. So even at that peak, K replicas
+  gain at most ~11× here with independent seeds, ~17× in the grid layout (the labels shared by 12
+  replicas), and ~6.5× on the AMD machine: 20× is out of reach on these CPUs. The ``vmap`` engine
+  stays far below that ceiling (about 8 GFLOP/s at K = 32). The attention's batched 10 × 10
+  products gain only ~10 % stacked: 1.20 ms for 8192 matrices against 1.33 ms as 32 calls of 256
+  (a microbenchmark). Where the rest of the step goes was not pinned down: ``torch.profiler``
+  inflates these ``vmap`` steps about 4×.
+* FNN: the products of a 128-replica step alone take 3.0–3.5 ms (63–65 GFLOP/s) and the independent
+  seeds' fresh normals 1.6 ms. The ceiling is 36× in the grid layout and 21× with independent seeds,
+  so 20× is not excluded. The engine's grid step (7.3–7.7 ms) spends what the products leave on
+  elementwise passes over ``128 × 256 × 16`` activations (bias, ReLU, loss and their gradients), the
+  bias copies of ``baddbmm`` and the optimizer. Fusing those would change the arithmetic, and so the
+  stored results of Chapters 4–5 (two hours to regenerate); every change here kept them bit for bit.
+* MLP: its ``W`` products run barely faster at 512 rows than at 64. The rank-8 LoRA products
+  (0.2 ms per run) run no faster stacked than alone. So stacking saves only the rest of the step: at
+  most 1.79× with LoRA (measured: 1.45×), 2.4× for full training (0.78×, where the optimizer's passes
+  over 8 × 670k parameters leave the cache). The 2× target is above the LoRA MLP's ceiling.
 
 ``--design`` (vmap against bmm engine on the FNN, 128 independent replicas, unchunked, data included):
-19.3/16.1, 17.3/11.0 and 16.6/16.4 ms per step in three runs, 1.0–1.6×.
+16.3/12.2 ms per step here (19.3/16.1, 17.3/11.0 and 16.6/16.4 in three runs on the AMD machine).
 """
 
 from __future__ import annotations
@@ -295,61 +303,88 @@ def design_comparison(K: int = 128, repeats: int = 5, steps: int = 16) -> dict:
 
 
 def mlp_bound(K: int = 8, repeats: int = 5) -> dict:
-    """The most that stacking ``K`` MLP runs can gain: their GEMMs, timed alone, against one run's step (Chapter 4).
+    """The most that stacking ``K`` MLP runs can gain: the products they must do, timed alone (Chapter 4).
 
-    One step of the MLP benchmark (batch 64, 784–512–512–10) is ``gemms`` of ``(rows × in) @ (in × out)``:
-    the three forward products and the two input gradients (LoRA fine-tuning: the frozen ``W`` needs no
-    weight gradient), plus the three weight gradients for full training. Replicas cannot do fewer of
-    these multiply-adds; stacking them only makes the GEMMs taller (``K·64`` rows on one shared ``W``).
-    So ``K`` runs of ``t_seq`` each take at least ``K·t_gemm(K·64 rows)/K`` replicated, and the speed-up is
-    at most ``t_seq / t_gemm``: every other cost of a step (Python, dispatch, the LoRA factors, the
-    optimizer, the elementwise ops) is what replicas can save. Interleaved rounds, medians.
+    One step of the MLP benchmark (batch 64, 784–512–512–10) needs, per run, these matrix products:
+
+    * ``mlp`` (LoRA on a frozen base every replica shares): the three forward products with ``W`` and
+      the two input gradients through it, and the six rank-8 LoRA products per layer (``u = x Aᵀ``,
+      ``u Bᵀ``, ``dB = gᵀ u``, ``du = g B``, ``dA = duᵀ x``, ``du A``). Stacking ``K`` runs makes the
+      ``W`` products ``K·64`` rows tall (one shared ``W``); the LoRA products stay per replica;
+    * ``mlp_full`` (every weight trained): the same five products plus the three weight gradients, all
+      with each replica's own ``W``: stacking cannot make them taller, so they are timed at 64 rows.
+
+    Replicas cannot do fewer of these multiply-adds, so the speed-up is at most ``t_seq / t_products``
+    (products per replica, stacked as the engine stacks them): every other cost of a step (Python,
+    dispatch, the optimizer, the elementwise ops, the loss) is what replicas can save. Interleaved
+    rounds, medians.
 
     Example (seconds):
         >>> mlp_bound(K=8, repeats=1)["mlp"]["max_ratio"] > 0  # doctest: +SKIP
         bound, mlp K=8: one step ...
     """
     sizes = [(784, 512), (512, 512), (512, 10)]
-    Ws = [torch.randn(o, i) for i, o in sizes]
+    r, rows = 8, 64
 
-    def gemm_time(rows: int, full: bool) -> float:
-        xs = [torch.randn(rows, i) for i, _ in sizes]
-        gs = [torch.randn(rows, o) for _, o in sizes]
+    def timed(fn: Callable[[], None], n: int = 10) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n
+
+    def base_products(k: int, shared: bool, full: bool) -> Callable[[], None]:
+        """The W products of k replicas: one (k·64)-row GEMM on a shared W, or k 64-row ones."""
+        n = k * rows if shared else rows
+        Ws = [torch.randn(o, i) for i, o in sizes]
+        xs, gs = [torch.randn(n, i) for i, _ in sizes], [torch.randn(n, o) for _, o in sizes]
 
         def run() -> None:
-            for x, W in zip(xs, Ws):
-                torch.mm(x, W.t())  # forward
-            for g, W in zip(gs[1:], Ws[1:]):
-                torch.mm(g, W)  # input gradients of layers 2 and 3
-            if full:
-                for g, x in zip(gs, xs):
-                    torch.mm(g.t(), x)  # weight gradients
-        run()
-        start = time.perf_counter()
-        for _ in range(10):
-            run()
-        return (time.perf_counter() - start) / 10
+            for _ in range(1 if shared else k):
+                for x, W in zip(xs, Ws):
+                    torch.mm(x, W.t())  # forward
+                for g, W in zip(gs[1:], Ws[1:]):
+                    torch.mm(g, W)  # input gradients of layers 2 and 3
+                if full:
+                    for g, x in zip(gs, xs):
+                        torch.mm(g.t(), x)  # weight gradients
+        return run
 
-    flops = {False: 2 * 64 * (sum(i * o for i, o in sizes) + sum(i * o for i, o in sizes[1:])),
-             True: 2 * 64 * (2 * sum(i * o for i, o in sizes) + sum(i * o for i, o in sizes[1:]))}
+    def lora_products(k: int) -> Callable[[], None]:
+        """The six rank-r LoRA products per layer of k replicas, as bmm (the engine's unmerged path)."""
+        xs, gs = [torch.randn(k, rows, i) for i, _ in sizes], [torch.randn(k, rows, o) for _, o in sizes]
+        As, Bs = [torch.randn(k, r, i) for i, _ in sizes], [torch.randn(k, o, r) for _, o in sizes]
+
+        def run() -> None:
+            for x, g, A, B in zip(xs, gs, As, Bs):
+                u = torch.bmm(x, A.transpose(1, 2))
+                torch.bmm(u, B.transpose(1, 2))
+                torch.bmm(g.transpose(1, 2), u)
+                du = torch.bmm(g, B)
+                torch.bmm(du.transpose(1, 2), x)
+                torch.bmm(du, A)
+        return run
+
     out: dict = {"K": K}
     for full, name in ((False, "mlp"), (True, "mlp_full")):
-        seq, g1, gK = [], [], []
+        seq, one, stacked = [], [], []
         for _ in range(repeats):
             seq.append(_time_sequential(name, 20))
-            g1.append(gemm_time(64, full))
-            gK.append(gemm_time(K * 64, full) / K)
-        t_seq, t1, tK = (statistics.median(v) for v in (seq, g1, gK))
+            if full:
+                one.append(timed(base_products(1, False, True)))
+                stacked.append(timed(base_products(K, False, True)) / K)
+            else:
+                one.append(timed(base_products(1, True, False)) + timed(lora_products(1)))
+                stacked.append((timed(base_products(K, True, False)) + timed(lora_products(K))) / K)
+        t_seq, t1, tK = (statistics.median(v) for v in (seq, one, stacked))
         out[name] = {
-            "sequential_step_ms": 1e3 * t_seq, "gemm_ms_64_rows": 1e3 * t1, "gemm_ms_per_replica_stacked": 1e3 * tK,
-            "step_gflops": flops[full] / t_seq / 1e9, "gemm_gflops_64_rows": flops[full] / t1 / 1e9,
-            "gemm_gflops_stacked": flops[full] / tK / 1e9, "max_ratio": t_seq / tK,
+            "sequential_step_ms": 1e3 * t_seq, "products_ms_one_run": 1e3 * t1,
+            "products_ms_per_replica_stacked": 1e3 * tK, "max_ratio": t_seq / tK,
         }
-        r = out[name]
-        print(f"bound, {name} K={K}: one step {r['sequential_step_ms']:.3f} ms ({r['step_gflops']:.3g} GFLOP/s); "
-              f"its GEMMs alone {r['gemm_ms_64_rows']:.3f} ms at 64 rows ({r['gemm_gflops_64_rows']:.3g} GFLOP/s), "
-              f"{r['gemm_ms_per_replica_stacked']:.3f} ms per replica at {K * 64} rows "
-              f"({r['gemm_gflops_stacked']:.3g} GFLOP/s) → speed-up at most {r['max_ratio']:.3g}×", flush=True)
+        o = out[name]
+        print(f"bound, {name} K={K}: one step {o['sequential_step_ms']:.3f} ms; its products alone "
+              f"{o['products_ms_one_run']:.3f} ms, {o['products_ms_per_replica_stacked']:.3f} ms per replica "
+              f"stacked → speed-up at most {o['max_ratio']:.3g}×", flush=True)
     return out
 
 
