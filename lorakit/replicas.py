@@ -436,7 +436,9 @@ class _GroupedStack:
                     grads[op.A].copy_(torch.bmm(env[op.B].transpose(1, 2), dW).mul_(op.scaling))
             if i == self.first:
                 break
-            g = torch.bmm(W.transpose(1, 2), g)
+            # Wᵀ made contiguous first: the same numbers, and the product ran ~2× faster than with the
+            # transposed view (59 + 8 against 110 µs at 32 replicas of 16 × 16, this machine, pinned).
+            g = torch.bmm(W.transpose(1, 2).contiguous(), g)
 
 
 @dataclass
