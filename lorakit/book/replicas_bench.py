@@ -302,6 +302,15 @@ def design_comparison(K: int = 128, repeats: int = 5, steps: int = 16) -> dict:
     return result
 
 
+def _timed(fn: Callable[[], None], n: int = 10) -> float:
+    """Seconds per call of ``fn``, after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
 def mlp_bound(K: int = 8, repeats: int = 5) -> dict:
     """The most that stacking ``K`` MLP runs can gain: the products they must do, timed alone (Chapter 4).
 
@@ -325,13 +334,6 @@ def mlp_bound(K: int = 8, repeats: int = 5) -> dict:
     """
     sizes = [(784, 512), (512, 512), (512, 10)]
     r, rows = 8, 64
-
-    def timed(fn: Callable[[], None], n: int = 10) -> float:
-        fn()
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - start) / n
 
     def base_products(k: int, shared: bool, full: bool) -> Callable[[], None]:
         """The W products of k replicas: one (k·64)-row GEMM on a shared W, or k 64-row ones."""
@@ -371,11 +373,11 @@ def mlp_bound(K: int = 8, repeats: int = 5) -> dict:
         for _ in range(repeats):
             seq.append(_time_sequential(name, 20))
             if full:
-                one.append(timed(base_products(1, False, True)))
-                stacked.append(timed(base_products(K, False, True)) / K)
+                one.append(_timed(base_products(1, False, True)))
+                stacked.append(_timed(base_products(K, False, True)) / K)
             else:
-                one.append(timed(base_products(1, True, False)) + timed(lora_products(1)))
-                stacked.append((timed(base_products(K, True, False)) + timed(lora_products(K))) / K)
+                one.append(_timed(base_products(1, True, False)) + _timed(lora_products(1)))
+                stacked.append((_timed(base_products(K, True, False)) + _timed(lora_products(K))) / K)
         t_seq, t1, tK = (statistics.median(v) for v in (seq, one, stacked))
         out[name] = {
             "sequential_step_ms": 1e3 * t_seq, "products_ms_one_run": 1e3 * t1,
@@ -407,13 +409,6 @@ def fnn_bound(K: int = 128, repeats: int = 5) -> dict:
     seeds = len(set(_layout(K, "grid")[0]))
     gens = [torch.Generator().manual_seed(s) for s in range(K)]
 
-    def timed(fn: Callable[[], None], n: int = 10) -> float:
-        fn()
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - start) / n
-
     def products(count: int, rows: int = K) -> None:
         for _ in range(count):
             torch.bmm(W[:rows], h[:rows])
@@ -421,9 +416,9 @@ def fnn_bound(K: int = 128, repeats: int = 5) -> dict:
     seq, prod, lab_grid, draw = [], [], [], []
     for _ in range(repeats):
         seq.append(_time_sequential("fnn", 200))
-        prod.append(timed(lambda: products(11 + 2)))  # the model's 11 and the labels' 2 (independent)
-        lab_grid.append(timed(lambda: products(11)) + timed(lambda: products(2, seeds)))
-        draw.append(timed(lambda: [torch.randn(B, D, generator=g) for g in gens]))
+        prod.append(_timed(lambda: products(11 + 2)))  # the model's 11 and the labels' 2 (independent)
+        lab_grid.append(_timed(lambda: products(11)) + _timed(lambda: products(2, seeds)))
+        draw.append(_timed(lambda: [torch.randn(B, D, generator=g) for g in gens]))
     t_seq, t_prod, t_grid, t_draw = (statistics.median(v) for v in (seq, prod, lab_grid, draw))
     flops = 2 * D * D * B * K * 13
     out = {
